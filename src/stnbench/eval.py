@@ -1,0 +1,57 @@
+"""stnbench-eval: test a checkpoint on its benchmark's fixed test set and write eval_results.json."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import hydra
+import lightning as L
+from omegaconf import DictConfig, OmegaConf
+
+from stnbench.build import (CONFIG_KEY, USER_ERRORS, build_datamodule, build_model, build_trainer,
+                            load_checkpoint, load_weights, parameter_count, write_json)
+from stnbench.module import STNBenchModule
+
+log = logging.getLogger("stnbench")
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    checkpoint = load_checkpoint(cfg.ckpt_path)
+    trained = OmegaConf.create(checkpoint[CONFIG_KEY])
+    # The checkpoint decides data and model; this machine decides where data and caches live.
+    data_cfg = cfg.data if cfg.get("data") else trained.data
+    data_cfg = OmegaConf.merge(data_cfg, {"root": cfg.paths.data_dir, "cache_dir": cfg.paths.cache_dir,
+                                          "seed": trained.seed if cfg.seed is None else cfg.seed})
+    datamodule = build_datamodule(data_cfg)
+    module = STNBenchModule(build_model(trained.model, datamodule), optimizer=None,
+                            num_classes=datamodule.distortion.num_classes, seed=int(data_cfg.seed))
+    load_weights(module, checkpoint["state_dict"], cfg.ckpt_path)
+
+    trainer = build_trainer(cfg.trainer, loggers=[], callbacks=[])
+    start = time.perf_counter()
+    tested = trainer.test(module, datamodule=datamodule)[0]
+    results = {
+        "checkpoint": str(cfg.ckpt_path),
+        "data": data_cfg.name,
+        "seed": int(data_cfg.seed),
+        "parameters": parameter_count(module.model),
+        "test_seconds": round(time.perf_counter() - start, 1),
+        **{key: float(value) for key, value in tested.items() if not key.startswith("hp/")},
+    }
+    write_json(Path(cfg.paths.run_dir) / "eval_results.json", results)
+    log.info("Results: %s", results)
+    return results
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="eval")
+def main(cfg: DictConfig) -> None:
+    try:
+        evaluate(cfg)
+    except USER_ERRORS as error:
+        raise SystemExit(f"stnbench-eval: error: {error}") from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,170 @@
+"""The LightningModule: loss, error metrics, optimiser groups, and what TensorBoard shows.
+
+It works for every model because every model returns ``ModelOutput`` (logits per step). Single-label
+data is scored on the last step; sequence data (targets [B, T]) on every step, with a sequence counted
+right only when all its digits are.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MeanMetric, MinMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from stnbench import viz
+from stnbench.data.datamodule import derive_seed
+from stnbench.models.output import ModelOutput
+
+SPLITS = ("train", "val", "test")
+CONFIG_KEY = "stnbench_config"  # where checkpoints keep the config that made them
+
+
+def step_logits(output: ModelOutput, targets: torch.Tensor) -> torch.Tensor:
+    """Logits aligned with ``targets``: [B, C] for single labels, [B, T, C] for sequences."""
+    if targets.dim() == 1:
+        return output.logits[:, -1]
+    steps = targets.shape[1]
+    if output.logits.shape[1] < steps:
+        raise ValueError(f"model emits {output.logits.shape[1]} predictions per image but the data has "
+                         f"{steps} digits; set the model's num_steps to at least {steps}")
+    return output.logits[:, -steps:]
+
+
+def transform_scale(transform, thetas: torch.Tensor) -> torch.Tensor:
+    """Linear scale of each glimpse relative to the whole image (1 = identity, 0.5 = zoom in 2x), from
+    the area of the quadrilateral spanned by the sampled corners. Works for any transform family."""
+    flat = thetas.reshape(-1, thetas.shape[-1])
+    corners = transform.grid(flat, 2, 2).reshape(-1, 4, 2)[:, [0, 1, 3, 2]]  # clockwise order
+    x, y = corners[..., 0], corners[..., 1]
+    area = 0.5 * (x * y.roll(-1, 1) - x.roll(-1, 1) * y).sum(1).abs()
+    return area.sqrt()  # the identity's four pixel centres span a unit square in these coordinates
+
+
+class STNBenchModule(L.LightningModule):
+    def __init__(self, model: nn.Module, optimizer: Callable, scheduler: Callable | None = None,
+                 num_classes: int = 10, seed: int = 0, preview_count: int = 16) -> None:
+        super().__init__()
+        self.model = model
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.seed, self.preview_count = seed, preview_count
+        self.metrics = nn.ModuleDict({
+            f"{split}_metrics": nn.ModuleDict({
+                "digit_acc": MulticlassAccuracy(num_classes=num_classes, average="micro"),
+                "seq_err": MeanMetric(),
+            }) for split in SPLITS
+        })
+        self.val_err_best = MinMetric()
+
+    def forward(self, images: torch.Tensor) -> ModelOutput:
+        return self.model(images)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Checkpoints carry their config, so eval rebuilds the right model and resume can check it fits.
+        checkpoint[CONFIG_KEY] = getattr(self, "run_config", None)
+
+    # ---- shared step --------------------------------------------------------------------------------
+    def _step(self, batch, split: str) -> torch.Tensor:
+        images, targets = batch
+        output = self.model(images)
+        logits = step_logits(output, targets)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+        wrong = logits.argmax(-1) != targets
+        sequence_wrong = wrong.view(len(targets), -1).any(1).float()
+        metrics = self.metrics[f"{split}_metrics"]
+        metrics["digit_acc"].update(logits.reshape(-1, logits.shape[-1]).detach(), targets.reshape(-1))
+        metrics["seq_err"].update(sequence_wrong)
+        on_step = split == "train"
+        self.log(f"{split}/loss", loss.detach(), on_step=on_step, on_epoch=True, prog_bar=on_step,
+                 batch_size=len(targets))
+        if output.thetas is not None and split == "train":
+            self._log_transform_stats(output)
+        return loss
+
+    def _log_transform_stats(self, output: ModelOutput) -> None:
+        with torch.no_grad():
+            scale = transform_scale(self.model.transform, output.thetas.detach())
+        self.log("train/stn_scale_mean", scale.mean(), on_step=True, on_epoch=False)
+        self.log("train/stn_scale_std", scale.std() if scale.numel() > 1 else scale.new_zeros(()),
+                 on_step=True, on_epoch=False)
+
+    def _log_errors(self, split: str, sequence: bool) -> float:
+        metrics = self.metrics[f"{split}_metrics"]
+        digit_err = 100.0 * (1.0 - metrics["digit_acc"].compute())
+        seq_err = 100.0 * metrics["seq_err"].compute()
+        self.log(f"{split}/err", seq_err, prog_bar=split != "train", sync_dist=False)
+        if sequence:
+            self.log(f"{split}/digit_err", digit_err)
+        metrics["digit_acc"].reset()
+        metrics["seq_err"].reset()
+        return float(seq_err)
+
+    def _is_sequence(self) -> bool:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        return bool(datamodule is not None and getattr(datamodule.distortion, "sequence_length", None))
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    # ---- epoch hooks ----------------------------------------------------------------------------------
+    def on_train_epoch_start(self) -> None:
+        # Any randomness inside the model (dropout, ...) depends on (seed, epoch) only, so a resumed run
+        # continues exactly like an uninterrupted one.
+        torch.manual_seed(derive_seed(self.seed, "model", self.current_epoch))
+
+    def on_train_epoch_end(self) -> None:
+        self._log_errors("train", self._is_sequence())
+
+    def on_validation_epoch_end(self) -> None:
+        err = self._log_errors("val", self._is_sequence())
+        if self.trainer.sanity_checking:
+            return
+        self.val_err_best.update(torch.tensor(err))
+        best = self.val_err_best.compute()
+        self.log("val/err_best", best)
+        self.log("hp/val_err_best", best)
+        self._log_images()
+
+    def on_test_epoch_end(self) -> None:
+        err = self._log_errors("test", self._is_sequence())
+        self.log("hp/test_err", err)
+
+    def _log_images(self) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        writer = getattr(self.logger, "experiment", None) if self.logger is not None else None
+        if datamodule is None or not hasattr(writer, "add_image"):
+            return
+        images, _ = datamodule.preview("val", self.preview_count)
+        with torch.no_grad():
+            output = self.model(images.to(self.device))
+        if output.glimpses is None:
+            return
+        picture = viz.transformer_grid(images, output.glimpses.cpu(), output.thetas.cpu(), self.model.transform)
+        writer.add_image("val/transformer", picture, self.global_step)
+
+    # ---- optimisation ---------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        loc_params = list(getattr(self.model, "localisation_parameters", list)())
+        loc_ids = {id(p) for p in loc_params}
+        other = [p for p in self.model.parameters() if id(p) not in loc_ids]
+        optimizer = self.optimizer_factory(params=other)
+        if loc_params:
+            multiplier = float(getattr(self.model, "loc_lr_multiplier", 1.0))
+            optimizer.add_param_group({"params": loc_params, "lr": optimizer.defaults["lr"] * multiplier})
+        if self.scheduler_factory is None:
+            return optimizer
+        total = self.trainer.estimated_stepping_batches
+        total = int(total) if math.isfinite(total) else 100_000
+        scheduler = self.scheduler_factory(optimizer, total_steps=total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

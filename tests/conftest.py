@@ -1,0 +1,53 @@
+"""Shared fixtures: the real MNIST files, a throw-away cache, and Hydra configs shrunk for fast tests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG_DIR = REPO / "configs"
+
+
+def data_root() -> Path:
+    """STNBENCH_DATA_DIR, else the shared copy beside the checkout, else ./data."""
+    for candidate in (os.environ.get("STNBENCH_DATA_DIR"), REPO.parent / "shared" / "data", REPO / "data"):
+        if candidate and (Path(candidate) / "MNIST" / "raw" / "t10k-images-idx3-ubyte").exists():
+            return Path(candidate)
+    pytest.skip("real MNIST not found: set STNBENCH_DATA_DIR to the folder holding MNIST/raw/")
+
+
+@pytest.fixture(scope="session")
+def mnist_root() -> Path:
+    return data_root()
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(autouse=True)
+def _few_threads():
+    torch.set_num_threads(2)
+    yield
+
+
+def compose_config(overrides: list[str], config_name: str = "train", run_dir: Path | None = None,
+                   cache: Path | None = None) -> DictConfig:
+    """Compose a real config the way the command line would, with paths pointed at test folders."""
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+    if run_dir is not None:
+        with open_dict(cfg):
+            cfg.paths.run_dir = str(run_dir)
+            cfg.paths.data_dir = str(data_root())
+            if cache is not None:
+                cfg.paths.cache_dir = str(cache)
+            del cfg["hydra"]
+    return cfg
