@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,9 +46,11 @@ def compose_config(overrides: list[str], config_name: str = "train", run_dir: Pa
         cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
     if run_dir is not None:
         with open_dict(cfg):
-            cfg.paths.run_dir = str(run_dir)
+            cfg.hydra.runtime.output_dir = str(run_dir)
             cfg.paths.data_dir = str(data_root())
             if cache is not None:
                 cfg.paths.cache_dir = str(cache)
+        HydraConfig.instance().set_config(cfg)  # what @hydra.main does: ${hydra:...} resolves
+        with open_dict(cfg):
             del cfg["hydra"]
     return cfg
