@@ -34,3 +34,40 @@ def pixel_grid(height: int, width: int, device: torch.device | None = None) -> t
     """Normalised coordinates [H, W, 2] of pixel centres, matching ``ALIGN_CORNERS``."""
     theta = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]], device=device)
     return affine_grid(theta, height, width)[0]
+
+
+def homography_grid(matrix: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Sampling grid [B, H, W, 2] for 3x3 homographies ``matrix`` [B, 3, 3] (output -> input coords)."""
+    points = pixel_grid(height, width, matrix.device).reshape(1, -1, 2)
+    ones = torch.ones_like(points[..., :1])
+    mapped = torch.cat([points, ones], -1).expand(len(matrix), -1, -1) @ matrix.transpose(1, 2)
+    denominator = mapped[..., 2:]
+    # Keep the homogeneous divisor away from 0 without flipping its sign.
+    denominator = torch.where(denominator.abs() < 1e-6, torch.full_like(denominator, 1e-6), denominator)
+    return (mapped[..., :2] / denominator).reshape(len(matrix), height, width, 2)
+
+
+def _tps_kernel(distance_sq: torch.Tensor) -> torch.Tensor:
+    """Thin-plate radial basis U(r) = r^2 log r^2 (0 at r = 0)."""
+    return distance_sq * torch.log(distance_sq.clamp_min(1e-12))
+
+
+def tps_grid(control: torch.Tensor, targets: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Sampling grid [B, H, W, 2] of the thin-plate spline f with f(control_k) = targets[b, k].
+
+    ``control`` [K, 2] are points of the output image and ``targets`` [B, K, 2] where they read from
+    the input (both normalised). ``targets == control`` gives the identity.
+    """
+    count = len(control)
+    control = control.to(targets)
+    system = torch.zeros(count + 3, count + 3, dtype=targets.dtype, device=targets.device)
+    system[:count, :count] = _tps_kernel(torch.cdist(control, control).square())
+    affine_part = torch.cat([torch.ones(count, 1, dtype=targets.dtype, device=targets.device), control], 1)
+    system[:count, count:] = affine_part
+    system[count:, :count] = affine_part.T
+    rhs = torch.cat([targets, targets.new_zeros(len(targets), 3, 2)], 1)  # [B, K + 3, 2]
+    coefficients = torch.linalg.solve(system, rhs)
+    points = pixel_grid(height, width, targets.device).reshape(-1, 2).to(targets)
+    basis = torch.cat([_tps_kernel(torch.cdist(points, control).square()),
+                       torch.ones(len(points), 1, dtype=targets.dtype, device=targets.device), points], 1)
+    return (basis @ coefficients).reshape(len(targets), height, width, 2)
