@@ -60,6 +60,7 @@ class STNBenchModule(L.LightningModule):
             }) for split in SPLITS
         })
         self.val_err_best = MinMetric()
+        self.val_err_best.persistent(True)  # saved in checkpoints, so a resumed run keeps its best
 
     def forward(self, images: torch.Tensor) -> ModelOutput:
         return self.model(images)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig
 
 from stnbench.build import (USER_ERRORS, build_datamodule, build_module, build_trainer, check_checkpoint_fits,
@@ -32,9 +33,12 @@ def train(cfg: DictConfig) -> dict:
     trainer = build_trainer(cfg.trainer, loggers, callbacks)
     choices = key_choices(cfg)
     parameters = parameter_count(module.model)
-    for logger in loggers:  # the HParams tab: one row per run, its choices beside its final metrics
-        logger.log_hyperparams({**choices, "parameters": parameters},
-                               metrics={"hp/val_err_best": 100.0, "hp/test_err": 100.0})
+    for logger in loggers:  # TensorBoard's HParams tab: one row per run, its choices beside its final metrics
+        if isinstance(logger, TensorBoardLogger):
+            logger.log_hyperparams({**choices, "parameters": parameters},
+                                   metrics={"hp/val_err_best": 100.0, "hp/test_err": 100.0})
+        else:
+            logger.log_hyperparams({**choices, "parameters": parameters})
 
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))

@@ -1,0 +1,112 @@
+"""End-to-end behaviour of stnbench-train on real MNIST, shrunk to seconds."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+from lightning.pytorch import Callback
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from stnbench.build import CheckpointError
+from stnbench.eval import evaluate
+from stnbench.train import train
+
+from conftest import compose_config
+
+TINY = ["data.num_val=1000", "data.eval_batch_size=500", "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1", "trainer.log_every_n_steps=5"]
+
+
+def test_a_tiny_run_learns(tmp_path, cache_dir):
+    cfg = compose_config(TINY + ["data=mnist", "model=st_cnn", "logger=csv", "trainer.max_epochs=1",
+                                 "trainer.limit_train_batches=60", "data.batch_size=64"],
+                         run_dir=tmp_path, cache=cache_dir)
+    results = train(cfg)
+    metrics = pd.read_csv(tmp_path / "csv" / "metrics.csv")
+    losses = metrics["train/loss_step"].dropna().to_numpy()
+    assert losses[-1] < 0.5 * losses[0], f"training loss did not fall: {losses}"
+    assert results["test/err"] < 40.0, "10 classes: chance is 90% error; 60 steps of Adam get far below"
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["test/err"] == pytest.approx(results["test/err"])
+    assert saved["parameters"] > 0 and saved["choice/data"] == "mnist" and saved["status"] == "finished"
+    assert (tmp_path / "checkpoints" / "best.ckpt").exists() and (tmp_path / "checkpoints" / "last.ckpt").exists()
+
+
+class StopAfterFirstEpoch(Callback):
+    """Stands in for a run killed after its first epoch's checkpoint was written."""
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        trainer.should_stop = True
+
+
+class RecordFirstStep(Callback):
+    first_steps: list[int] = []
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        RecordFirstStep.first_steps.append(trainer.global_step)
+
+
+def test_resumed_run_ends_exactly_like_an_uninterrupted_one(tmp_path, cache_dir):
+    common = TINY + ["data=rotated", "model=st_cnn", "logger=csv", "trainer.limit_train_batches=8",
+                     "data.batch_size=32", "trainer.max_epochs=3", "test_after_fit=false"]
+    straight = train(compose_config(common, run_dir=tmp_path / "straight", cache=cache_dir))
+    interrupted = compose_config(common + ["+callbacks.stop._target_=test_train.StopAfterFirstEpoch"],
+                                 run_dir=tmp_path / "resumed", cache=cache_dir)
+    assert train(interrupted)["global_step"] == 8
+    last = tmp_path / "resumed" / "checkpoints" / "last.ckpt"
+    resumed = train(compose_config(common + [f"ckpt_path={last}", "+callbacks.record._target_="
+                                   "test_train.RecordFirstStep"], run_dir=tmp_path / "resumed", cache=cache_dir))
+    assert RecordFirstStep.first_steps == [8], "the resumed run must continue at step 8, not start over"
+    assert resumed["global_step"] == straight["global_step"] == 24
+    assert resumed["val/err_best"] == straight["val/err_best"]
+    weights = [torch.load(tmp_path / run / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+               for run in ("straight", "resumed")]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
+
+
+def test_resuming_with_another_model_is_refused(tmp_path, cache_dir):
+    common = TINY + ["data=rotated", "logger=csv", "trainer.limit_train_batches=2", "trainer.max_epochs=1"]
+    train(compose_config(common + ["model=st_cnn"], run_dir=tmp_path / "a", cache=cache_dir))
+    last = tmp_path / "a" / "checkpoints" / "last.ckpt"
+    with pytest.raises(CheckpointError, match="different model config"):
+        train(compose_config(common + ["model=cnn", f"ckpt_path={last}"], run_dir=tmp_path / "b", cache=cache_dir))
+
+
+def test_tensorboard_holds_scalars_hparams_and_the_transformer_grid(tmp_path, cache_dir):
+    cfg = compose_config(TINY + ["data=rts", "model=st_cnn", "logger=tensorboard", "trainer.max_epochs=1",
+                                 "trainer.limit_train_batches=6"], run_dir=tmp_path, cache=cache_dir)
+    train(cfg)
+    events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"images": 0})
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {"train/loss_step", "val/err", "val/err_best", "test/err", "train/stn_scale_mean"} <= scalars
+    assert any(tag.startswith("lr-") for tag in scalars), scalars
+    assert "val/transformer" in events.Tags()["images"]
+    image = events.Images("val/transformer")[-1]
+    assert image.width > 2 * 42 and image.height >= 16 * 42, "16 rows of input | warped output"
+    hparams = [path for path in tmp_path.joinpath("tensorboard").iterdir() if path.name.startswith("events")]
+    assert hparams and b"hparams" in b"".join(path.read_bytes() for path in hparams)
+
+
+def test_eval_reproduces_the_test_error_of_the_best_checkpoint(tmp_path, cache_dir):
+    train_results = train(compose_config(TINY + ["data=rotated", "model=cnn", "logger=csv",
+                                                 "trainer.max_epochs=1", "trainer.limit_train_batches=5"],
+                                         run_dir=tmp_path / "run", cache=cache_dir))
+    best = tmp_path / "run" / "checkpoints" / "best.ckpt"
+    cfg = compose_config([f"ckpt_path={best}", "trainer.limit_test_batches=1"], config_name="eval",
+                         run_dir=tmp_path / "eval", cache=cache_dir)
+    results = evaluate(cfg)
+    assert results["test/err"] == pytest.approx(train_results["test/err"])
+    assert json.loads((tmp_path / "eval" / "eval_results.json").read_text())["data"] == "rotated"
+
+
+def test_eval_rejects_a_file_that_is_not_a_checkpoint(tmp_path, cache_dir):
+    bogus = tmp_path / "bogus.ckpt"
+    bogus.write_text("not a checkpoint")
+    cfg = compose_config([f"ckpt_path={bogus}"], config_name="eval", run_dir=tmp_path / "eval", cache=cache_dir)
+    with pytest.raises(CheckpointError, match="unreadable"):
+        evaluate(cfg)
