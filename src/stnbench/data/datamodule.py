@@ -1,0 +1,206 @@
+"""LightningDataModule for distorted MNIST.
+
+Data loaders yield only *indices* (plus a per-batch seed); ``on_after_batch_transfer`` turns them into
+images on the device the model trains on. Training therefore never waits for a CPU image pipeline, and
+every training batch is a pure function of (seed, epoch, batch number): a run resumed from a checkpoint
+sees exactly the batches an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from stnbench.data.cache import cached
+from stnbench.data.distortions import ConfigError, Distortion
+from stnbench.data.mnist import DigitSplit, load_mnist
+
+TRAIN_MODES = ("fresh", "fixed")
+RENDER_CHUNK = 2048
+
+
+def derive_seed(*parts: object) -> int:
+    """A 63-bit seed from any tuple of values; stable across processes and platforms."""
+    digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def quantize(images: torch.Tensor) -> torch.Tensor:
+    """Float [0, 1] -> uint8, the storage format of the fixed sets (training batches go through it too,
+    so training and evaluation images come from one distribution)."""
+    return images.mul(255.0).round_().to(torch.uint8)
+
+
+class IndexBatches(Sampler):
+    """Yields ``{"split", "index", "seed"}`` batch descriptions; a new order each epoch via ``set_epoch``."""
+
+    def __init__(self, split: str, num_items: int, batch_size: int, shuffle: bool, seed: int,
+                 drop_last: bool = False, rank: int = 0, world_size: int = 1) -> None:
+        self.split, self.num_items, self.batch_size = split, num_items, batch_size
+        self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _order(self) -> torch.Tensor:
+        if not self.shuffle:
+            order = torch.arange(self.num_items)
+        else:
+            generator = torch.Generator().manual_seed(derive_seed(self.seed, self.split, "order", self.epoch))
+            order = torch.randperm(self.num_items, generator=generator)
+        usable = len(order) - len(order) % self.world_size if self.world_size > 1 else len(order)
+        return order[self.rank:usable:self.world_size]
+
+    def __len__(self) -> int:
+        per_rank = self.num_items // self.world_size if self.world_size > 1 else self.num_items
+        return per_rank // self.batch_size if self.drop_last else -(-per_rank // self.batch_size)
+
+    def __iter__(self) -> Iterator[dict]:
+        order = self._order()
+        for number in range(len(self)):
+            index = order[number * self.batch_size:(number + 1) * self.batch_size]
+            seed = derive_seed(self.seed, self.split, self.epoch, number, self.rank)
+            yield {"split": self.split, "index": index, "seed": seed}
+
+
+class _PassThrough(Dataset):
+    """The sampler already built the batch description; the dataset hands it on unchanged."""
+
+    def __getitem__(self, description: dict) -> dict:
+        return description
+
+    def __len__(self) -> int:  # pragma: no cover - length comes from the sampler
+        return 0
+
+
+class DistortedMNIST(L.LightningDataModule):
+    """MNIST digits held in memory as uint8, distorted per batch; val/test fixed per seed and cached."""
+
+    def __init__(
+        self,
+        distortion: Distortion,
+        root: str = "data",
+        cache_dir: str = ".cache/stnbench",
+        batch_size: int = 128,
+        eval_batch_size: int = 1000,
+        num_val: int = 10000,
+        seed: int = 0,
+        train_mode: str = "fresh",
+        download: bool = True,
+        name: str | None = None,
+    ) -> None:
+        super().__init__()
+        if batch_size <= 0 or eval_batch_size <= 0:
+            raise ConfigError(f"batch sizes must be positive, got batch_size={batch_size}, "
+                              f"eval_batch_size={eval_batch_size}")
+        if not 0 < num_val < 60000:
+            raise ConfigError(f"num_val must be between 1 and 59999 (held out of the 60k train set), got {num_val}")
+        if train_mode not in TRAIN_MODES:
+            raise ConfigError(f"train_mode must be one of {TRAIN_MODES}, got '{train_mode}'")
+        self.distortion = distortion
+        self.name = name or distortion.name
+        self.root, self.cache_dir = str(root), str(cache_dir)
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.num_val, self.seed, self.train_mode, self.download = num_val, seed, train_mode, download
+        self.pools: dict[str, DigitSplit] = {}  # clean digits per split (train/val/test)
+        self.fixed: dict[str, DigitSplit] = {}  # pre-rendered images per split (val/test, train if fixed)
+        self._on_device: dict[tuple[str, str, str], DigitSplit] = {}
+
+    # ---- description of the generated data, read by models and the cache -------------------------
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (self.distortion.channels, self.distortion.image_size, self.distortion.image_size)
+
+    def dataset_description(self, split: str) -> dict:
+        return {"distortion": type(self.distortion).__name__, "params": vars(self.distortion),
+                "seed": self.seed, "split": split, "num_val": self.num_val}
+
+    # ---- setup ------------------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        load_mnist(self.root, train=True, download=self.download)
+        load_mnist(self.root, train=False, download=self.download)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.pools:
+            return
+        train_full = load_mnist(self.root, train=True, download=self.download)
+        generator = torch.Generator().manual_seed(derive_seed(self.seed, "train/val split"))
+        order = torch.randperm(len(train_full), generator=generator)
+        self.pools = {
+            "train": train_full.subset(order[self.num_val:]),
+            "val": train_full.subset(order[:self.num_val]),
+            "test": load_mnist(self.root, train=False, download=self.download),
+        }
+        for split in ("val", "test") + (("train",) if self.train_mode == "fixed" else ()):
+            self.fixed[split] = self._fixed_set(split)
+
+    def render_split(self, split: str, seed: int) -> DigitSplit:
+        """Render every digit of ``split`` once, in chunks, from one CPU generator (device-independent)."""
+        pool = self.pools[split]
+        generator = torch.Generator().manual_seed(seed)
+        images, targets = [], []
+        for start in range(0, len(pool), RENDER_CHUNK):
+            index = torch.arange(start, min(start + RENDER_CHUNK, len(pool)))
+            rendered = self.distortion.render(pool, index, generator)
+            images.append(quantize(rendered.images))
+            targets.append(rendered.targets)
+        return DigitSplit(torch.cat(images), torch.cat(targets))
+
+    def _fixed_set(self, split: str) -> DigitSplit:
+        seed = derive_seed(self.seed, split, "fixed")
+        tensors = cached(self.cache_dir, f"{self.name}-{split}", self.dataset_description(split),
+                         lambda: vars(self.render_split(split, seed)))
+        return DigitSplit(tensors["images"], tensors["labels"])
+
+    # ---- loaders ----------------------------------------------------------------------------------
+    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        sampler = IndexBatches(split, len(self.pools[split]), batch_size, shuffle, self.seed,
+                               drop_last=shuffle, rank=rank, world_size=world)
+        return DataLoader(_PassThrough(), sampler=sampler, batch_size=None)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.eval_batch_size, shuffle=False)
+
+    # ---- indices -> images, on the training device ------------------------------------------------
+    def _device_copy(self, kind: str, split: str, device: torch.device) -> DigitSplit:
+        key = (kind, split, str(device))
+        if key not in self._on_device:
+            source = self.pools[split] if kind == "pool" else self.fixed[split]
+            self._on_device[key] = DigitSplit(source.images.to(device), source.labels.to(device))
+        return self._on_device[key]
+
+    def materialize(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch description -> (float images [B, C, H, W] in [0, 1], targets)."""
+        split, index = batch["split"], batch["index"]
+        device = index.device
+        if split in self.fixed:
+            stored = self._device_copy("fixed", split, device)
+            return stored.images[index].float().div_(255.0), stored.labels[index]
+        generator = torch.Generator(device=device).manual_seed(int(batch["seed"]))
+        rendered = self.distortion.render(self._device_copy("pool", split, device), index, generator)
+        return quantize(rendered.images).float().div_(255.0), rendered.targets
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if isinstance(batch, dict) and "index" in batch:
+            return self.materialize(batch)
+        return batch
+
+    def preview(self, split: str = "val", count: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+        """A fixed handful of evaluation images, e.g. for the TensorBoard image grid."""
+        stored = self.fixed[split]
+        return stored.images[:count].float().div(255.0), stored.labels[:count]
