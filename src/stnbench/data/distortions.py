@@ -7,6 +7,7 @@ Parameters are returned alongside the images so tests can check them against the
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -155,7 +156,8 @@ def check_sigma(name: str, value: float) -> None:
 
 def check_scale_range(min_scale: float, max_scale: float) -> None:
     if not 0 < min_scale <= max_scale:
-        raise ConfigError(f"need 0 < min_scale <= max_scale, got min_scale={min_scale}, max_scale={max_scale}")
+        raise ConfigError(f"need 0 < min_scale <= max_scale, got min_scale={min_scale}, "
+                          f"max_scale={max_scale}")
 
 
 def homography_from_points(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -212,7 +214,8 @@ class Projective(Distortion):
         self.min_scale, self.max_scale, self.sigma = min_scale, max_scale, sigma
         self.image_size = canvas_size
 
-    def sample_params(self, n: int, generator: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
+    def sample_params(self, n: int, generator: torch.Generator,
+                      device: torch.device) -> dict[str, torch.Tensor]:
         scale = uniform(n, self.min_scale, self.max_scale, generator, device)
         corners = torch.tensor(_CORNERS, device=device) * (DIGIT_SIZE / 2)  # pixels from the centre
         square = corners * scale[:, None, None]
@@ -242,6 +245,20 @@ def control_grid(size: int, device: torch.device | None = None) -> torch.Tensor:
     return torch.stack([x, y], -1).reshape(-1, 2)
 
 
+@functools.lru_cache(maxsize=16)
+def tps_weights(grid_size: int, size: int, device: str) -> torch.Tensor:
+    """The thin-plate spline of ``sampling.tps_grid`` as one linear map [size*size, K] from control-point
+    targets to grid points (it is linear in the targets, and the control points never change).
+
+    Read off column by column from ``tps_grid`` itself, once; a batch then needs one matmul instead of a
+    batched linear solve (which stalls badly on oversubscribed CPU threads).
+    """
+    control = control_grid(grid_size, torch.device(device))
+    unit = torch.eye(len(control), device=control.device)[..., None].expand(-1, -1, 2)
+    columns = tps_grid(control, unit.contiguous(), size, size)[..., 0]  # [K, H, W]
+    return columns.reshape(len(control), -1).T.contiguous()
+
+
 class Elastic(Distortion):
     """E: thin-plate-spline warp; a grid of control points each displaced by Gaussian noise (in pixels)."""
 
@@ -258,8 +275,11 @@ class Elastic(Distortion):
     def render(self, pool: DigitSplit, index: torch.Tensor, generator: torch.Generator) -> Rendered:
         device = index.device
         control = control_grid(self.grid_size, device)
-        displacement = torch.randn(len(index), len(control), 2, generator=generator, device=device) * self.sigma
+        shape = (len(index), len(control), 2)
+        displacement = torch.randn(shape, generator=generator, device=device) * self.sigma
         targets = control + displacement * (2.0 / self.image_size)
-        grid = tps_grid(control, targets, self.image_size, self.image_size)
+        weights = tps_weights(self.grid_size, self.image_size, str(device))  # [H*W, K]
+        size = self.image_size
+        grid = torch.einsum("pk,bkc->bpc", weights, targets).view(len(index), size, size, 2)
         images = sample(digits_as_float(pool, index), grid).clamp_(0.0, 1.0)
         return Rendered(images, pool.labels[index], {"displacement": displacement})
