@@ -7,11 +7,22 @@ import time
 from pathlib import Path
 
 import hydra
-import lightning as L
+import torch
 from omegaconf import DictConfig, OmegaConf
+from torchvision.utils import save_image
 
-from stnbench.build import (CONFIG_KEY, USER_ERRORS, build_datamodule, build_model, build_trainer,
-                            load_checkpoint, load_weights, parameter_count, write_json)
+from stnbench import viz
+from stnbench.build import (
+    CONFIG_KEY,
+    USER_ERRORS,
+    build_datamodule,
+    build_model,
+    build_trainer,
+    load_checkpoint,
+    load_weights,
+    parameter_count,
+    write_json,
+)
 from stnbench.module import STNBenchModule
 
 log = logging.getLogger("stnbench")
@@ -40,9 +51,30 @@ def evaluate(cfg: DictConfig) -> dict:
         "test_seconds": round(time.perf_counter() - start, 1),
         **{key: float(value) for key, value in tested.items() if not key.startswith("hp/")},
     }
+    if cfg.get("picture", True):
+        picture = save_transformer_picture(module, datamodule, Path(cfg.paths.run_dir) / "transformer.png")
+        if picture is not None:
+            results["picture"] = str(picture)
     write_json(Path(cfg.paths.run_dir) / "eval_results.json", results)
     log.info("Results: %s", results)
     return results
+
+
+def save_transformer_picture(module: STNBenchModule, datamodule, path: Path, count: int = 16) -> Path | None:
+    """The TensorBoard picture (inputs with glimpse outlines, then the glimpses) for a few test images,
+    as a PNG. Models without a spatial transformer have nothing to show: returns None."""
+    images, _ = datamodule.preview("test", count)
+    module.eval()
+    with torch.no_grad():
+        output = module.model(images.to(module.device))
+    if output.glimpses is None or output.thetas is None:
+        return None
+    grid = viz.transformer_grid(images, output.glimpses.cpu(), output.thetas.cpu(), module.model.transform,
+                                upscale=3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(grid, path)
+    log.info("Wrote %s", path)
+    return path
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="eval")

@@ -19,11 +19,13 @@ class Normalize(nn.Module):
         return (images - MNIST_MEAN) / MNIST_STD
 
 
-def conv_features(in_channels: int, channels: tuple[int, ...], kernels: tuple[int, ...]) -> nn.Sequential:
-    """conv (valid padding) -> ReLU -> 2x2 max-pool, once per stage."""
+def conv_features(in_channels: int, channels: tuple[int, ...], kernels: tuple[int, ...],
+                  same_padding: bool = False) -> nn.Sequential:
+    """conv (valid, or size-preserving "same" padding) -> ReLU -> 2x2 max-pool, once per stage."""
     layers: list[nn.Module] = []
     for out_channels, kernel in zip(channels, kernels, strict=True):
-        layers += [nn.Conv2d(in_channels, out_channels, kernel), nn.ReLU(), nn.MaxPool2d(2)]
+        padding = kernel // 2 if same_padding else 0
+        layers += [nn.Conv2d(in_channels, out_channels, kernel, padding=padding), nn.ReLU(), nn.MaxPool2d(2)]
         in_channels = out_channels
     return nn.Sequential(*layers)
 
@@ -74,7 +76,8 @@ class Baseline(nn.Module):
     """A classifier with no spatial transformer. For sequence data it has one head per position (one
     linear layer with ``num_steps * num_classes`` outputs)."""
 
-    def __init__(self, input_shape: tuple[int, int, int], num_classes: int, classifier, num_steps: int = 1) -> None:
+    def __init__(self, input_shape: tuple[int, int, int], num_classes: int, classifier,
+                 num_steps: int = 1) -> None:
         super().__init__()
         self.num_steps, self.num_classes = num_steps, num_classes
         self.classifier = classifier(input_shape=tuple(input_shape), num_classes=num_classes * num_steps)

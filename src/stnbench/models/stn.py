@@ -7,9 +7,12 @@ image.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
+from stnbench.data.distortions import ConfigError
 from stnbench.models.classifiers import conv_features, flat_size
 from stnbench.models.output import ModelOutput
 from stnbench.models.transforms import Transform
@@ -17,14 +20,24 @@ from stnbench.sampling import sample
 
 
 class LocalisationCNN(nn.Module):
-    """Downsample, two conv + max-pool stages, one hidden layer: a small net that reads the whole image."""
+    """Downsample, two conv + max-pool stages, one hidden layer: a small net that reads the whole image.
+
+    "Same" padding (default) keeps it valid on every canvas from 28x28 up; valid padding needs >= 42."""
 
     def __init__(self, input_shape: tuple[int, int, int], channels: tuple[int, ...] = (20, 20),
-                 kernels: tuple[int, ...] = (5, 5), hidden: int = 50, downsample: int = 2) -> None:
+                 kernels: tuple[int, ...] = (5, 5), hidden: int = 50, downsample: int = 2,
+                 same_padding: bool = True) -> None:
         super().__init__()
         body = nn.Sequential(nn.MaxPool2d(downsample) if downsample > 1 else nn.Identity(),
-                             conv_features(input_shape[0], tuple(channels), tuple(kernels)), nn.Flatten())
-        self.net = nn.Sequential(body, nn.Linear(flat_size(body, tuple(input_shape)), hidden), nn.ReLU())
+                             conv_features(input_shape[0], tuple(channels), tuple(kernels), same_padding),
+                             nn.Flatten())
+        try:
+            size = flat_size(body, tuple(input_shape))
+        except RuntimeError as error:
+            raise ConfigError(f"localisation CNN (downsample={downsample}, kernels={tuple(kernels)}) does "
+                              f"not fit input {tuple(input_shape)}: lower downsample or use same_padding"
+                              ) from error
+        self.net = nn.Sequential(body, nn.Linear(size, hidden), nn.ReLU())
         self.out_features = hidden
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -57,40 +70,74 @@ def identity_regressor(in_features: int, transform: Transform) -> nn.Linear:
     return layer
 
 
+def output_hw(output_size: int | Sequence[int] | None, input_shape: tuple[int, int, int]) -> tuple[int, int]:
+    """The sampler's output (height, width): ``None`` keeps the input size, an int gives a square."""
+    if output_size is None:
+        return int(input_shape[-2]), int(input_shape[-1])
+    size = (output_size, output_size) if isinstance(output_size, int) else tuple(map(int, output_size))
+    if len(size) != 2 or min(size) <= 0:
+        raise ConfigError(f"output_size must be a positive int, [height, width] or null, got {output_size}")
+    return size
+
+
+def check_loc_lr_multiplier(value: float) -> float:
+    if value < 0:
+        raise ConfigError(f"loc_lr_multiplier must be >= 0, got {value}")
+    return float(value)
+
+
+def warp(images: torch.Tensor, transform: Transform, theta: torch.Tensor,
+         size: tuple[int, int]) -> torch.Tensor:
+    """Glimpses [B, C, h, w] of ``images`` [B, C, H, W] under parameters ``theta`` [B, P]."""
+    return sample(images, transform.grid(theta, *size))
+
+
+def warp_steps(images: torch.Tensor, transform: Transform, thetas: torch.Tensor,
+               size: tuple[int, int]) -> torch.Tensor:
+    """All S glimpses per image in one sampler call: ``thetas`` [B, S, P] -> [B, S, C, h, w]."""
+    batch, steps = thetas.shape[:2]
+    repeated = images.unsqueeze(1).expand(-1, steps, -1, -1, -1).reshape(batch * steps, *images.shape[1:])
+    glimpses = warp(repeated, transform, thetas.reshape(batch * steps, -1), size)
+    return glimpses.view(batch, steps, *glimpses.shape[1:])
+
+
 class SpatialTransformer(nn.Module):
     def __init__(self, input_shape: tuple[int, int, int], transform: Transform, localisation,
-                 output_size: int | None = None) -> None:
+                 output_size: int | Sequence[int] | None = None) -> None:
         super().__init__()
         self.transform = transform
         self.localisation = localisation(input_shape=tuple(input_shape))
         self.regressor = identity_regressor(self.localisation.out_features, transform)
-        self.output_size = output_size or input_shape[-1]
+        self.output_hw = output_hw(output_size, input_shape)
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        return self.output_hw
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns (warped images [B, C, s, s], parameters [B, P])."""
+        """Returns (warped images [B, C, h, w], parameters [B, P])."""
         theta = self.regressor(self.localisation(images))
         return self.warp(images, theta), theta
 
     def warp(self, images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-        return sample(images, self.transform.grid(theta, self.output_size, self.output_size))
+        return warp(images, self.transform, theta, self.output_hw)
 
 
 class STClassifier(nn.Module):
     """CNN-STN / FCN-STN: ``classifier(stn(image))``. ``loc_lr_multiplier`` scales the localisation net's
-    learning rate (read by the LightningModule when it builds optimiser groups)."""
+    learning rate (read by the LightningModule when it builds optimiser groups). For sequence data the
+    classifier has one head per digit position, like ``Baseline``."""
 
     def __init__(self, input_shape: tuple[int, int, int], num_classes: int, classifier, transform: Transform,
-                 localisation, output_size: int | None = None, loc_lr_multiplier: float = 1.0,
+                 localisation, output_size: int | Sequence[int] | None = None, loc_lr_multiplier: float = 1.0,
                  num_steps: int = 1) -> None:
         super().__init__()
-        if loc_lr_multiplier < 0:
-            raise ValueError(f"loc_lr_multiplier must be >= 0, got {loc_lr_multiplier}")
+        self.loc_lr_multiplier = check_loc_lr_multiplier(loc_lr_multiplier)
         self.stn = SpatialTransformer(input_shape, transform, localisation, output_size)
         self.transform = transform  # every STN model exposes its transform (metrics, pictures)
-        self.loc_lr_multiplier = loc_lr_multiplier
         self.num_steps, self.num_classes = num_steps, num_classes
-        size = self.stn.output_size
-        self.classifier = classifier(input_shape=(input_shape[0], size, size), num_classes=num_classes * num_steps)
+        self.classifier = classifier(input_shape=(input_shape[0], *self.stn.output_hw),
+                                     num_classes=num_classes * num_steps)
 
     def localisation_parameters(self) -> list[nn.Parameter]:
         return list(self.stn.localisation.parameters()) + list(self.stn.regressor.parameters())
