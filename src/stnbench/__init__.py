@@ -2,4 +2,4 @@
 
 from stnbench.resolvers import register as _register_resolvers
 
-_register_resolvers()
+_register_resolvers()  # the configs use ${stnbench.*:...} resolvers

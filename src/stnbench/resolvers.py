@@ -1,25 +1,118 @@
-"""OmegaConf resolvers for the run configs (registered on import of ``stnbench``).
+"""OmegaConf resolvers used by the configs (registered on import of ``stnbench``).
 
-NOTE (sweeps helper): this file was accidentally overwritten by the sweeps helper while another helper was
-writing it; ``resume_dir`` below is a reconstruction from its use in ``configs/hydra/default.yaml``.
-Please check it against the original intent.
+Why resolvers: run and sweep folders must be named by a run's *choices* (so re-running a sweep finds the
+same folders, and TensorBoard lines runs up by name), a resumed run must find its own folder, and these
+depend on things plain interpolation cannot express (an optional ``model/transform`` choice, the
+checkpoint being resumed, the Optuna study already on disk).
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
+# Overrides already spelled out by run_name, or that do not change what a run computes. Anything else
+# (schedule=paper, debug=limit, optimizer.lr=...) is appended, so it can never reuse another run's folder.
+NAMED_KEYS = {"data", "model", "model/transform", "seed", "experiment", "sweep_name", "hparams_search",
+              "optuna_trials", "logger", "callbacks", "trainer", "hydra/launcher", "run_name",
+              "skip_finished"}
+MAX_TAG = 48
+IGNORED_PREFIXES = ("hydra.", "hydra/", "paths.", "+paths.", "logger.", "callbacks.")
+
+
+def _choices() -> dict:
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return {}
+    return dict(HydraConfig.get().runtime.choices)
+
+
+def transform_tag() -> str:
+    """``-<transform>`` for models that have a ``model/transform`` choice, else empty."""
+    transform = _choices().get("model/transform")
+    return f"-{transform}" if transform else ""
+
+
+def override_tag() -> str:
+    """``_key=value,...`` for the run's overrides that run_name does not already show (e.g. a swept lr).
+
+    Sweep folders are named by the run's choices so that a re-run finds them; any other override has to be
+    part of the name too, or two different runs of one sweep would share a folder.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return ""
+    parts = []
+    for override in HydraConfig.get().overrides.task:
+        key, _, value = override.partition("=")
+        bare = key.lstrip("+~")
+        if bare in NAMED_KEYS or bare.startswith(IGNORED_PREFIXES):
+            continue
+        parts.append(f"{bare}={value}")
+    if not parts:
+        return ""
+    tag = re.sub(r"[^\w.=,+-]", "_", ",".join(sorted(parts)))
+    # Long lists (budget overrides of a test command, ...) become a short stable hash of themselves.
+    return f"_{tag}" if len(tag) <= MAX_TAG else "_" + hashlib.sha256(tag.encode()).hexdigest()[:8]
+
+
+def choice(group: str, *, _root_) -> str:
+    """The option chosen for ``group``; works where ``${hydra:runtime.choices...}`` does not yet (when
+    Hydra instantiates the sweeper, before it sets up HydraConfig)."""
+    hydra_node = _root_.get("hydra") if hasattr(_root_, "get") else None
+    if hydra_node is not None:
+        return str(hydra_node.runtime.choices.get(group))
+    return str(_choices().get(group))
+
+
+def sqlite_url(path: str) -> str:
+    """``sqlite:///<absolute path>``, creating the folder (Optuna opens the file before Hydra makes it)."""
+    file = Path(path).expanduser().resolve()
+    file.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{file}"
+
+
+def trials_done(storage: str, study_name: str) -> int:
+    """Trials of the study on disk that ended (a RUNNING one was interrupted and never will)."""
+    import optuna
+
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:  # no such study yet
+        return 0
+    return sum(t.state != optuna.trial.TrialState.RUNNING for t in study.get_trials(deepcopy=False))
+
+
+def trials_left(storage: str, study_name: str, total: int) -> int:
+    """How many more trials make the study ``total`` trials long: a re-run tops up, never starts over."""
+    return max(0, int(total) - trials_done(storage, study_name))
+
+
+def sampler_seed(seed: int, storage: str, study_name: str) -> int:
+    """A sampler seed that moves on with the study: a resumed search with the same seed would otherwise
+    propose the same parameters as the first invocation's random start-up trials."""
+    return int(seed) + 1009 * trials_done(storage, study_name)
+
 
 def resume_dir(ckpt_path: str | None, default: str) -> str:
-    """The folder of the run being resumed (``<run>/checkpoints/last.ckpt`` -> ``<run>``), else ``default``,
-    so a resumed run keeps writing into its own folder."""
+    """Run folder for a run: the folder of the checkpoint being resumed (``<run>/checkpoints/x.ckpt``),
+    so a resumed run continues its own logs, checkpoints and best-model tracking; else ``default``."""
     if ckpt_path:
-        return str(Path(ckpt_path).expanduser().resolve().parent.parent)
+        checkpoint = Path(str(ckpt_path)).expanduser()
+        if checkpoint.parent.name == "checkpoints":
+            return str(checkpoint.parent.parent)
     return default
 
 
 def register() -> None:
-    if not OmegaConf.has_resolver("stnbench.resume_dir"):
-        OmegaConf.register_new_resolver("stnbench.resume_dir", resume_dir)
+    for name, function in {"stnbench.resume_dir": resume_dir, "stnbench.transform_tag": transform_tag,
+                           "stnbench.override_tag": override_tag, "stnbench.sqlite": sqlite_url, "stnbench.choice": choice,
+                           "stnbench.trials_left": trials_left,
+                           "stnbench.sampler_seed": sampler_seed}.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, function, use_cache=False)

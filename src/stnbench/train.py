@@ -14,13 +14,21 @@ from omegaconf import DictConfig
 from stnbench.build import (USER_ERRORS, build_datamodule, build_module, build_trainer, check_checkpoint_fits,
                             check_config, instantiate_group, key_choices, load_checkpoint, parameter_count,
                             write_json)
+from stnbench.sweeps import config_hash, finished_results, is_multirun, record_failure, with_resume_checkpoint
 
 log = logging.getLogger("stnbench")
 
 
 def train(cfg: DictConfig) -> dict:
-    """Everything a run does, as one plain function (tests call it with a composed config)."""
+    """Everything a run does, as one plain function (tests call it with a composed config).
+
+    In a folder that already holds this run: returns its results if it finished, else resumes from its
+    ``checkpoints/last.ckpt`` (``skip_finished=false`` turns both off)."""
     check_config(cfg)
+    done = finished_results(cfg)
+    if done is not None:
+        return done
+    cfg = with_resume_checkpoint(cfg)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg.data)
     module = build_module(cfg, datamodule)
@@ -52,7 +60,12 @@ def train(cfg: DictConfig) -> dict:
         "val/err_best": _metric(trainer, "val/err_best"),
         "run_dir": str(run_dir),
         "status": "finished",
+        "config_hash": config_hash(cfg),
     }
+    if cfg.get("ckpt_path"):
+        results["resumed_from"] = str(cfg.ckpt_path)
+    if any(getattr(callback, "pruned", False) for callback in callbacks):
+        results["pruned"] = True  # stopped early by the Optuna pruner (see stnbench.optuna_pruning)
     if cfg.get("test_after_fit") and not trainer.fast_dev_run:
         checkpoint = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         tested = trainer.test(module, datamodule=datamodule, ckpt_path=checkpoint or None, weights_only=False)
@@ -75,7 +88,13 @@ def main(cfg: DictConfig) -> float | None:
     try:
         results = train(cfg)
     except USER_ERRORS as error:
-        raise SystemExit(f"stnbench-train: error: {error}") from None
+        if not is_multirun():
+            raise SystemExit(f"stnbench-train: error: {error}") from None
+        results = record_failure(cfg, error)  # one bad run of a sweep must not stop the others
+    except Exception as error:
+        if not is_multirun():
+            raise
+        results = record_failure(cfg, error)
     return results.get("val/err_best")  # the objective of hyper-parameter searches
 
 

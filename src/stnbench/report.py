@@ -1,0 +1,283 @@
+"""stnbench-report: one table for a sweep folder (or all of outputs/), beside the papers' numbers.
+
+Every run folder holds ``results.json`` (written by stnbench-train, also for failed runs of a sweep) and
+``.hydra/config.yaml``. Finished runs are grouped by (data, model[-transform]); the table gives mean ± std
+of the test error over seeds, the published error and our difference to it, parameters and training time.
+Written as report.md, report.csv, test_error.png and val_error.png into the folder, and printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from stnbench.published import lookup
+
+COLUMNS = ["data", "model", "runs", "seeds", "test_err_mean", "test_err_std", "digit_err_mean",
+           "published_err", "published_metric", "diff", "parameters", "fit_seconds_mean", "steps"]
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def model_label(model: str | None, transform: str | None) -> str:
+    return str(model) if _missing(transform) or not transform else f"{model}-{transform}"
+
+
+def _run_rows(root: Path) -> list[dict]:
+    """One row per run folder: those with results.json, and interrupted ones (a .hydra folder, no results)."""
+    folders = {path.parent for path in root.rglob("results.json")}
+    folders |= {path.parent.parent for path in root.rglob(".hydra/config.yaml")}
+    rows = []
+    for folder in sorted(folders):
+        try:
+            results = json.loads((folder / "results.json").read_text())
+        except FileNotFoundError:
+            results = {"status": "unfinished", "error": "no results.json (interrupted or still running)"}
+        except ValueError as error:
+            results = {"status": "failed", "error": f"unreadable results.json: {error}"}
+        rows.append({
+            "run_dir": str(folder),
+            "data": results.get("choice/data"),
+            "model": results.get("choice/model"),
+            "transform": results.get("choice/transform"),
+            "seed": results.get("choice/seed"),
+            "status": results.get("status", "unknown"),
+            "error": results.get("error"),
+            "test_err": results.get("test/err"),
+            "digit_err": results.get("test/digit_err"),
+            "val_err_best": results.get("val/err_best"),
+            "parameters": results.get("parameters"),
+            "fit_seconds": results.get("fit_seconds"),
+            "steps": results.get("global_step"),
+        })
+    return rows
+
+
+def collect(root: str | Path) -> pd.DataFrame:
+    """All runs under ``root`` (a sweep folder, outputs/, or one run folder)."""
+    rows = _run_rows(Path(root))
+    frame = pd.DataFrame(rows, columns=["run_dir", "data", "model", "transform", "seed", "status", "error",
+                                        "test_err", "digit_err", "val_err_best", "parameters", "fit_seconds",
+                                        "steps"])
+    frame["label"] = [model_label(m, t) for m, t in zip(frame["model"], frame["transform"], strict=True)]
+    return frame
+
+
+def _round(value, digits: int = 2):
+    return None if _missing(value) else round(float(value), digits)
+
+
+def summarise(runs: pd.DataFrame) -> pd.DataFrame:
+    """Mean ± std over seeds of finished runs, per (data, model[-transform]), with the published number."""
+    finished = runs[(runs["status"] == "finished") & runs["test_err"].notna()]
+    rows = []
+    for (data, label), group in finished.groupby(["data", "label"], sort=True):
+        first = group.iloc[0]
+        transform = None if _missing(first["transform"]) else first["transform"]
+        published = lookup(data, first["model"], transform)
+        ours = group["test_err"].mean()
+        if published is not None and published.metric == "test/digit_err":
+            ours_for_diff = group["digit_err"].mean()
+        else:
+            ours_for_diff = ours
+        rows.append({
+            "data": data,
+            "model": label,
+            "runs": len(group),
+            "seeds": ",".join(str(s) for s in sorted(group["seed"].dropna().unique())),
+            "test_err_mean": _round(ours),
+            "test_err_std": _round(group["test_err"].std(ddof=1)) if len(group) > 1 else None,
+            "digit_err_mean": _round(group["digit_err"].mean()) if group["digit_err"].notna().any() else None,
+            "published_err": published.err if published else None,
+            "published_metric": published.metric if published else None,
+            "diff": _round(ours_for_diff - published.err) if published else None,
+            "parameters": int(first["parameters"]) if pd.notna(first["parameters"]) else None,
+            "fit_seconds_mean": _round(group["fit_seconds"].mean(), 1),
+            "steps": int(group["steps"].max()) if group["steps"].notna().any() else None,
+        })
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def failures(runs: pd.DataFrame) -> pd.DataFrame:
+    return runs[runs["status"] != "finished"][["run_dir", "status", "error"]]
+
+
+def _cell(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return str(value)
+
+
+def display_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The table as people read it: 'mean ± std' and the published number with its metric."""
+    shown = pd.DataFrame({
+        "data": table["data"],
+        "model": table["model"],
+        "runs": table["runs"],
+        "test err % (mean ± std)": [f"{m:.2f}" + ("" if _missing(s) else f" ± {s:.2f}") for m, s
+                                    in zip(table["test_err_mean"], table["test_err_std"], strict=True)],
+        "digit err %": [_cell(v) for v in table["digit_err_mean"]],
+        "published %": [_cell(v) + (" (digit)" if m == "test/digit_err" else "")
+                        for v, m in zip(table["published_err"], table["published_metric"], strict=True)],
+        "diff": [_cell(v) for v in table["diff"]],
+        "parameters": ["" if _missing(v) else f"{int(v):,}" for v in table["parameters"]],
+        "fit s": [_cell(v) for v in table["fit_seconds_mean"]],
+        "steps": [_cell(v) for v in table["steps"]],
+    })
+    return shown
+
+
+def to_markdown(table: pd.DataFrame, failed: pd.DataFrame, root: Path) -> str:
+    from stnbench.published import JADERBERG, SONDERBY
+
+    lines = [f"# stnbench report: `{root}`", ""]
+    if table.empty:
+        lines.append("No finished runs.")
+    else:
+        lines.append(display_table(table).to_markdown(index=False))
+    lines += ["", "`diff` = ours − published (percentage points; negative is better than the paper). "
+              "Published numbers: " + JADERBERG + "; " + SONDERBY + " (compared with our digit error).", ""]
+    if not failed.empty:
+        lines += ["## Runs that did not finish", ""]
+        lines += [f"- `{row.run_dir}` ({row.status}): {row.error}" for row in failed.itertuples()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+# ---- plots ------------------------------------------------------------------------------------------------
+def plot_test_error(table: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets, models = list(dict.fromkeys(table["data"])), list(dict.fromkeys(table["model"]))
+    width = 0.8 / max(1, len(models))
+    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(datasets) * max(1, len(models)) ** 0.5), 4))
+    for i, model in enumerate(models):
+        rows = table[table["model"] == model].set_index("data")
+        xs = [d + (i - (len(models) - 1) / 2) * width for d in range(len(datasets))]
+        means = [rows["test_err_mean"].get(d, float("nan")) for d in datasets]
+        stds = [rows["test_err_std"].get(d) for d in datasets]
+        stds = [0.0 if s is None or (isinstance(s, float) and math.isnan(s)) else s for s in stds]
+        ax.bar(xs, means, width, yerr=stds, label=model, capsize=2)
+        published = [rows["published_err"].get(d) for d in datasets]
+        ax.scatter(xs, [float("nan") if p is None else p for p in published], marker="_", s=200, color="k")
+    ax.set_xticks(range(len(datasets)), datasets)
+    ax.set_ylabel("test error %  (black: published)")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def validation_curve(run_dir: str | Path) -> list[tuple[int, float]]:
+    """(step, val/err) of a run: from its TensorBoard events, else from a CSV logger's metrics.csv."""
+    run_dir = Path(run_dir)
+    events = sorted(run_dir.glob("tensorboard/**/events.out.tfevents.*"))
+    if events:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        points: dict[int, float] = {}
+        for event_file in events:  # a resumed run writes a second events file into the same folder
+            accumulator = EventAccumulator(str(event_file), size_guidance={"scalars": 0})
+            accumulator.Reload()
+            if "val/err" in accumulator.Tags().get("scalars", []):
+                points.update({e.step: e.value for e in accumulator.Scalars("val/err")})
+        if points:
+            return sorted(points.items())
+    for csv in run_dir.glob("csv/**/metrics.csv"):
+        frame = pd.read_csv(csv)
+        if "val/err" in frame:
+            frame = frame.dropna(subset=["val/err"])
+            return list(zip(frame["step"].astype(int), frame["val/err"].astype(float), strict=True))
+    return []
+
+
+def plot_validation(runs: pd.DataFrame, path: Path) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    finished = runs[runs["status"] == "finished"]
+    datasets = list(dict.fromkeys(finished["data"]))
+    panels = max(1, len(datasets))
+    fig, axes = plt.subplots(1, panels, figsize=(4.5 * panels, 3.5), squeeze=False)
+    colours = {label: f"C{i % 10}" for i, label in enumerate(dict.fromkeys(finished["label"]))}
+    curves = 0
+    for ax, data in zip(axes[0], datasets, strict=False):
+        seen = set()
+        for row in finished[finished["data"] == data].itertuples():
+            curve = validation_curve(row.run_dir)
+            if not curve:
+                continue
+            steps, errors = zip(*curve, strict=True)
+            ax.plot(steps, errors, color=colours[row.label], marker=".",
+                    label=None if row.label in seen else row.label)
+            seen.add(row.label)
+            curves += 1
+        ax.set_title(data)
+        ax.set_xlabel("step")
+        ax.set_ylabel("validation error %")
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return curves
+
+
+# ---- entry point ------------------------------------------------------------------------------------------
+def report(root: str | Path, plots: bool = True) -> dict:
+    """Write report.md / report.csv (+ PNGs) into ``root``; returns the tables for callers and tests."""
+    root = Path(root)
+    if not root.is_dir():
+        raise SystemExit(f"stnbench-report: error: '{root}' is not a folder (give a sweep folder or outputs)")
+    runs = collect(root)
+    if runs.empty:
+        raise SystemExit(f"stnbench-report: error: no runs under '{root}' (no results.json, no .hydra)")
+    table, failed = summarise(runs), failures(runs)
+    table.to_csv(root / "report.csv", index=False)
+    (root / "report.md").write_text(to_markdown(table, failed, root))
+    written = [root / "report.md", root / "report.csv"]
+    if plots and not table.empty:
+        plot_test_error(table, root / "test_error.png")
+        written.append(root / "test_error.png")
+        if plot_validation(runs, root / "val_error.png"):
+            written.append(root / "val_error.png")
+    return {"runs": runs, "table": table, "failed": failed, "written": written}
+
+
+def print_report(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=max(Console().width, 150))
+    shown = display_table(result["table"])
+    table = Table(title="test error over seeds (published: the papers' numbers)")
+    for column in shown.columns:
+        table.add_column(column, justify="left" if column in ("data", "model") else "right")
+    for row in shown.itertuples(index=False):
+        table.add_row(*[str(v) for v in row])
+    console.print(table)
+    for row in result["failed"].itertuples():
+        console.print(f"[red]{row.status}[/red] {row.run_dir}: {row.error}")
+    console.print("wrote " + ", ".join(str(p) for p in result["written"]))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="stnbench-report", description=__doc__.splitlines()[0])
+    parser.add_argument("folder", nargs="?", default="outputs", help="a sweep folder, or outputs/ (default)")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    args = parser.parse_args(argv)
+    print_report(report(args.folder, plots=not args.no_plots))
+
+
+if __name__ == "__main__":
+    main()

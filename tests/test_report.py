@@ -1,0 +1,65 @@
+"""stnbench-report on a folder of small real runs: right means, counts, failures, files and curves."""
+
+from __future__ import annotations
+
+import json
+import statistics
+
+import pytest
+
+from stnbench import report as report_module
+from stnbench.published import lookup
+from test_sweeps import TINY, stnbench_train
+
+
+@pytest.fixture(scope="module")
+def sweep_dir(tmp_path_factory, cache_dir):
+    """Two real fcn runs (seeds 1, 2) and two that fail (num_val=0), all in one multirun."""
+    out = tmp_path_factory.mktemp("report")
+    result = stnbench_train(["-m", "model=fcn", "seed=1,2", "sweep_name=small", *TINY, "data.num_val=500,0"],
+                            out, cache_dir)
+    assert result.returncode == 0, result.stderr[-3000:]  # the failures did not stop the sweep
+    return out / "multirun" / "small"
+
+
+def test_report_gives_means_counts_and_failures(sweep_dir):
+    finished = [json.loads(p.read_text()) for p in sweep_dir.glob("*/results.json")]
+    errors = [r["test/err"] for r in finished if r["status"] == "finished"]
+    assert len(errors) == 2 and len(finished) == 4
+
+    result = report_module.report(sweep_dir)
+    table = result["table"]
+    assert len(table) == 1
+    row = table.iloc[0]
+    assert (row["data"], row["model"], row["runs"], row["seeds"]) == ("rotated", "fcn", 2, "1,2")
+    assert row["test_err_mean"] == pytest.approx(statistics.mean(errors), abs=0.01)
+    assert row["test_err_std"] == pytest.approx(statistics.stdev(errors), abs=0.01)
+    published = lookup("rotated", "fcn", None)
+    assert row["published_err"] == published.err
+    assert row["diff"] == pytest.approx(statistics.mean(errors) - published.err, abs=0.02)
+    assert row["parameters"] > 0 and row["steps"] == 3
+
+    failed = result["failed"]
+    assert len(failed) == 2 and all("num_val" in error for error in failed["error"])
+    for name in ("report.md", "report.csv", "test_error.png", "val_error.png"):
+        assert (sweep_dir / name).stat().st_size > 0
+    markdown = (sweep_dir / "report.md").read_text()
+    assert "fcn" in markdown and "num_val must be between" in markdown
+
+
+def test_validation_curves_come_from_tensorboard(sweep_dir):
+    runs = report_module.collect(sweep_dir)
+    curves = [report_module.validation_curve(d) for d in runs[runs["status"] == "finished"]["run_dir"]]
+    assert len(curves) == 2  # one validation per run (1 epoch), logged near its last step (3)
+    assert all(len(curve) == 1 and 2 <= curve[0][0] <= 3 and 0 <= curve[0][1] <= 100 for curve in curves)
+
+
+def test_cli_prints_the_table(sweep_dir, capsys):
+    report_module.main([str(sweep_dir), "--no-plots"])
+    printed = capsys.readouterr().out
+    assert "fcn" in printed and "failed" in printed
+
+
+def test_cli_rejects_a_folder_without_runs(tmp_path):
+    with pytest.raises(SystemExit, match="no runs under"):
+        report_module.main([str(tmp_path)])
