@@ -11,12 +11,11 @@ import pytest
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import OmegaConf
 
+from conftest import CONFIG_DIR, compose_config
 from stnbench.build import check_config
 from stnbench.data.distortions import ConfigError
 from stnbench.data.mnist import MNISTNotFoundError
 from stnbench.train import train
-
-from conftest import CONFIG_DIR, compose_config
 
 # Groups whose options stand alone; data/model are checked by building them (see test_data_suite.py,
 # test_models.py), experiment and hparams_search by test_experiments.py.

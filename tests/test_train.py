@@ -10,11 +10,10 @@ import torch
 from lightning.pytorch import Callback
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from conftest import compose_config
 from stnbench.build import CheckpointError
 from stnbench.eval import evaluate
 from stnbench.train import train
-
-from conftest import compose_config
 
 TINY = ["data.num_val=1000", "data.eval_batch_size=500", "trainer.limit_val_batches=1",
         "trainer.limit_test_batches=1", "trainer.log_every_n_steps=5"]

@@ -110,9 +110,9 @@ def resume_dir(ckpt_path: str | None, default: str) -> str:
 
 
 def register() -> None:
-    for name, function in {"stnbench.resume_dir": resume_dir, "stnbench.transform_tag": transform_tag,
-                           "stnbench.override_tag": override_tag, "stnbench.sqlite": sqlite_url, "stnbench.choice": choice,
-                           "stnbench.trials_left": trials_left,
-                           "stnbench.sampler_seed": sampler_seed}.items():
+    resolvers = {"stnbench.resume_dir": resume_dir, "stnbench.transform_tag": transform_tag,
+                 "stnbench.override_tag": override_tag, "stnbench.sqlite": sqlite_url, "stnbench.choice": choice,
+                 "stnbench.trials_left": trials_left, "stnbench.sampler_seed": sampler_seed}
+    for name, function in resolvers.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, function, use_cache=False)

@@ -11,9 +11,19 @@ import lightning as L
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig
 
-from stnbench.build import (USER_ERRORS, build_datamodule, build_module, build_trainer, check_checkpoint_fits,
-                            check_config, instantiate_group, key_choices, load_checkpoint, parameter_count,
-                            write_json)
+from stnbench.build import (
+    USER_ERRORS,
+    build_datamodule,
+    build_module,
+    build_trainer,
+    check_checkpoint_fits,
+    check_config,
+    instantiate_group,
+    key_choices,
+    load_checkpoint,
+    parameter_count,
+    write_json,
+)
 from stnbench.sweeps import config_hash, finished_results, is_multirun, record_failure, with_resume_checkpoint
 
 log = logging.getLogger("stnbench")
