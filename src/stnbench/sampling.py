@@ -36,6 +36,14 @@ def pixel_grid(height: int, width: int, device: torch.device | None = None) -> t
     return affine_grid(theta, height, width)[0]
 
 
+def control_grid(size: int, device: torch.device | None = None) -> torch.Tensor:
+    """A ``size`` x ``size`` grid of points [size*size, 2] (x, y) spanning the image in normalised
+    coordinates: the control points of thin-plate splines, in data (elastic) and models (TPS) alike."""
+    ticks = torch.linspace(-1.0, 1.0, size, device=device)
+    y, x = torch.meshgrid(ticks, ticks, indexing="ij")
+    return torch.stack([x, y], -1).reshape(-1, 2)
+
+
 def homography_grid(matrix: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Sampling grid [B, H, W, 2] for 3x3 homographies ``matrix`` [B, 3, 3] (output -> input coords)."""
     points = pixel_grid(height, width, matrix.device).reshape(1, -1, 2)

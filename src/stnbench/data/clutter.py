@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from stnbench.data.distortions import DIGIT_SIZE, ConfigError, Distortion, Rendered
+from stnbench.data.distortions import DIGIT_SIZE, ConfigError, Distortion, Rendered, as_float
 from stnbench.data.mnist import DigitSplit
 
 # MNIST centres each digit's ink in a 20x20 box inside the 28x28 image; crops come from that box so
@@ -42,11 +42,6 @@ def crop(digits: torch.Tensor, top: torch.Tensor, left: torch.Tensor, size: int)
     rows = (top[:, None] + ticks)[:, :, None]
     cols = (left[:, None] + ticks)[:, None, :]
     return digits[torch.arange(len(digits), device=digits.device)[:, None, None], rows, cols]
-
-
-def as_float(pool: DigitSplit, index: torch.Tensor) -> torch.Tensor:
-    """uint8 digits -> float [..., 28, 28] in [0, 1]."""
-    return pool.images[index].float().div_(255.0)
 
 
 def other_digits(pool: DigitSplit, index: torch.Tensor, count: int,

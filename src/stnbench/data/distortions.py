@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from stnbench.data.mnist import DigitSplit
-from stnbench.sampling import affine_grid, homography_grid, sample, tps_grid
+from stnbench.sampling import affine_grid, control_grid, homography_grid, sample, tps_grid
 
 DIGIT_SIZE = 28
 
@@ -37,9 +37,14 @@ def uniform(n: int, low: float, high: float, generator: torch.Generator, device:
     return low + (high - low) * torch.rand(n, generator=generator, device=device)
 
 
+def as_float(pool: DigitSplit, index: torch.Tensor) -> torch.Tensor:
+    """uint8 digits [..., 28, 28] -> float in [0, 1]."""
+    return pool.images[index].float().div_(255.0)
+
+
 def digits_as_float(pool: DigitSplit, index: torch.Tensor) -> torch.Tensor:
-    """uint8 digits [B, 28, 28] -> float [B, 1, 28, 28] in [0, 1]."""
-    return pool.images[index].unsqueeze(1).float().div_(255.0)
+    """uint8 digits [B, 28, 28] -> float [B, 1, 28, 28] in [0, 1], ready for ``grid_sample``."""
+    return as_float(pool, index).unsqueeze(1)
 
 
 def placement_theta(angle: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, canvas: int) -> torch.Tensor:
@@ -236,13 +241,6 @@ class Projective(Distortion):
         grid = homography_grid(matrix, self.image_size, self.image_size)
         images = sample(digits_as_float(pool, index), grid).clamp_(0.0, 1.0)
         return Rendered(images, pool.labels[index], params)
-
-
-def control_grid(size: int, device: torch.device | None = None) -> torch.Tensor:
-    """A ``size`` x ``size`` grid of control points [size*size, 2] spanning the image (normalised)."""
-    ticks = torch.linspace(-1.0, 1.0, size, device=device)
-    y, x = torch.meshgrid(ticks, ticks, indexing="ij")
-    return torch.stack([x, y], -1).reshape(-1, 2)
 
 
 @functools.lru_cache(maxsize=16)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from stnbench.data.clutter import add_clutter, as_float, check_clutter, other_digits, paste, random_int
-from stnbench.data.distortions import DIGIT_SIZE, ConfigError, Distortion, Rendered, uniform
+from stnbench.data.clutter import add_clutter, check_clutter, other_digits, paste, random_int
+from stnbench.data.distortions import DIGIT_SIZE, ConfigError, Distortion, Rendered, as_float, uniform
 from stnbench.data.mnist import DigitSplit
 
 MAX_DIGITS = 5

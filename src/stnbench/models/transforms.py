@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from stnbench.data.distortions import ConfigError
-from stnbench.sampling import affine_grid, homography_grid, tps_grid
+from stnbench.sampling import affine_grid, control_grid, homography_grid, tps_grid
 
 
 class Transform:
@@ -90,9 +90,7 @@ class ThinPlateSpline(Transform):
         if not 0 < span <= 1:
             raise ConfigError(f"tps span must be in (0, 1] (control points inside the image), got {span}")
         self.grid_size, self.span = grid_size, span
-        axis = torch.linspace(-span, span, grid_size)
-        y, x = torch.meshgrid(axis, axis, indexing="ij")
-        self.control = torch.stack([x.flatten(), y.flatten()], -1)  # [K, 2] (x, y) normalised
+        self.control = control_grid(grid_size) * span  # [K, 2] (x, y) normalised
         self.num_params = 2 * grid_size * grid_size
 
     def identity(self) -> torch.Tensor:
