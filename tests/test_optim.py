@@ -3,9 +3,8 @@
 import pytest
 import torch
 
-from stnbench.optim import cosine_schedule, step_schedule
-
 from conftest import compose_config
+from stnbench.optim import cosine_schedule, step_schedule
 
 
 def rates(make_schedule, steps: int) -> list[float]:
@@ -22,8 +21,8 @@ def rates(make_schedule, steps: int) -> list[float]:
 def test_cosine_warms_up_linearly_then_decays_to_the_final_fraction():
     lr = rates(lambda opt: cosine_schedule(opt, total_steps=110, warmup_steps=10, final_fraction=0.1), 111)
     assert lr[0] == pytest.approx(0.1) and lr[9] == pytest.approx(1.0)
-    assert all(a < b for a, b in zip(lr[:10], lr[1:10]))
-    assert all(a >= b for a, b in zip(lr[10:], lr[11:]))
+    assert all(a < b for a, b in zip(lr[:9], lr[1:10], strict=True))
+    assert all(a >= b for a, b in zip(lr[10:-1], lr[11:], strict=True))
     assert lr[60] == pytest.approx(0.55) and lr[110] == pytest.approx(0.1)
 
 

@@ -63,3 +63,13 @@ def test_cli_prints_the_table(sweep_dir, capsys):
 def test_cli_rejects_a_folder_without_runs(tmp_path):
     with pytest.raises(SystemExit, match="no runs under"):
         report_module.main([str(tmp_path)])
+
+
+def test_only_training_runs_count_as_unfinished(tmp_path):
+    """Eval and gallery folders (e.g. <run>/eval/<time>/) have a .hydra config but are not runs."""
+    for name, task in (("run-a", "train"), ("run-a/eval/t1", "eval"), ("gallery-x", "gallery")):
+        (tmp_path / name / ".hydra").mkdir(parents=True)
+        (tmp_path / name / ".hydra" / "config.yaml").write_text(f"task_name: {task}\n")
+    runs = report_module.collect(tmp_path)
+    assert list(runs["run_dir"]) == [str(tmp_path / "run-a")]
+    assert list(runs["status"]) == ["unfinished"]

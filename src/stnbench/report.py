@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 
 import pandas as pd
+from omegaconf import OmegaConf
 
 from stnbench.published import lookup
 
@@ -29,10 +30,18 @@ def model_label(model: str | None, transform: str | None) -> str:
     return str(model) if _missing(transform) or not transform else f"{model}-{transform}"
 
 
+def _is_training_run(config_path: Path) -> bool:
+    try:
+        return OmegaConf.load(config_path).get("task_name", "train") == "train"
+    except Exception:  # an unreadable config still deserves a line in the report
+        return True
+
+
 def _run_rows(root: Path) -> list[dict]:
     """One row per run folder: those with results.json, and interrupted ones (a .hydra folder, no results)."""
     folders = {path.parent for path in root.rglob("results.json")}
-    folders |= {path.parent.parent for path in root.rglob(".hydra/config.yaml")}
+    # Training runs that never wrote results; eval and gallery runs (task_name eval/gallery) are not runs.
+    folders |= {path.parent.parent for path in root.rglob(".hydra/config.yaml") if _is_training_run(path)}
     rows = []
     for folder in sorted(folders):
         try:
