@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 import hydra
-import torch
 from omegaconf import DictConfig, OmegaConf
 from torchvision.utils import save_image
 
@@ -65,12 +64,9 @@ def save_transformer_picture(module: STNBenchModule, datamodule, path: Path, cou
     as a PNG. Models without a spatial transformer have nothing to show: returns None."""
     images, _ = datamodule.preview("test", count)
     module.eval()
-    with torch.no_grad():
-        output = module.model(images.to(module.device))
-    if output.glimpses is None or output.thetas is None:
+    grid = viz.model_picture(module.model, images, module.device, upscale=3)
+    if grid is None:
         return None
-    grid = viz.transformer_grid(images, output.glimpses.cpu(), output.thetas.cpu(), module.model.transform,
-                                upscale=3)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_image(grid, path)
     log.info("Wrote %s", path)

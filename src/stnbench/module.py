@@ -147,12 +147,9 @@ class STNBenchModule(L.LightningModule):
         if datamodule is None or not hasattr(writer, "add_image"):
             return
         images, _ = datamodule.preview("val", self.preview_count)
-        with torch.no_grad():
-            output = self.model(images.to(self.device))
-        if output.glimpses is None:
-            return
-        picture = viz.transformer_grid(images, output.glimpses.cpu(), output.thetas.cpu(), self.model.transform)
-        writer.add_image("val/transformer", picture, self.global_step)
+        picture = viz.model_picture(self.model, images, self.device)
+        if picture is not None:
+            writer.add_image("val/transformer", picture, self.global_step)
 
     # ---- optimisation ---------------------------------------------------------------------------------
     def configure_optimizers(self):

@@ -69,3 +69,14 @@ def transformer_grid(images: torch.Tensor, glimpses: torch.Tensor, thetas: torch
             glimpse = to_rgb(glimpses[b, s:s + 1].clamp(0, 1))
             tiles.append(F.interpolate(glimpse, size=picture.shape[-2:], mode="nearest")[0])
     return make_grid(tiles, nrow=1 + steps, padding=2, pad_value=0.5)
+
+
+def model_picture(model, images: torch.Tensor, device: torch.device | str = "cpu",
+                  upscale: int = 2) -> torch.Tensor | None:
+    """Run ``model`` on ``images`` and draw what its transformer did (``transformer_grid``); None for
+    models without a spatial transformer. Shared by TensorBoard logging and ``stnbench-eval``."""
+    with torch.no_grad():
+        output = model(images.to(device))
+    if output.glimpses is None or output.thetas is None:
+        return None
+    return transformer_grid(images, output.glimpses.cpu(), output.thetas.cpu(), model.transform, upscale=upscale)
