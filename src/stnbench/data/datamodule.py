@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from stnbench.data.cache import cached
 from stnbench.data.distortions import ConfigError, Distortion
-from stnbench.data.mnist import DigitSplit, load_mnist
+from stnbench.data.mnist import DigitSplit, ensure_mnist, load_mnist
 
 TRAIN_MODES = ("fresh", "fixed")
 RENDER_CHUNK = 2048
@@ -123,8 +123,7 @@ class DistortedMNIST(L.LightningDataModule):
 
     # ---- setup ------------------------------------------------------------------------------------
     def prepare_data(self) -> None:
-        load_mnist(self.root, train=True, download=self.download)
-        load_mnist(self.root, train=False, download=self.download)
+        ensure_mnist(self.root, download=self.download)  # download only; setup() reads the files once
 
     def setup(self, stage: str | None = None) -> None:
         if self.pools:

@@ -61,8 +61,9 @@ def raw_files_problem(root: Path) -> tuple[str, str] | None:
     return ("corrupt", "corrupt: " + "; ".join(wrong)) if wrong else None
 
 
-def load_mnist(root: str | Path, train: bool, download: bool = True) -> DigitSplit:
-    """Read one MNIST split, downloading it first when it is missing and ``download`` is allowed.
+def ensure_mnist(root: str | Path, download: bool = True) -> Path:
+    """Make sure the four raw files are under ``root`` (downloading them when missing and allowed) without
+    reading them; raise ``MNISTNotFoundError`` saying where to put them otherwise.
 
     A read-only root with complete files works: nothing is written unless something is missing.
     """
@@ -70,7 +71,7 @@ def load_mnist(root: str | Path, train: bool, download: bool = True) -> DigitSpl
     problem = raw_files_problem(root)
     if problem and problem[0] == "missing" and download:
         try:
-            MNIST(str(root), train=train, download=True)
+            MNIST(str(root), train=True, download=True)  # fetches all four files
         except Exception as error:  # network down, read-only root, corrupt archive ...
             raise MNISTNotFoundError(_missing_message(
                 root, f"{problem[1]}; download failed: {type(error).__name__}: {error}")) from None
@@ -78,5 +79,11 @@ def load_mnist(root: str | Path, train: bool, download: bool = True) -> DigitSpl
     if problem:
         reason = problem[1] + ("" if problem[0] == "corrupt" or download else " (download disabled)")
         raise MNISTNotFoundError(_missing_message(root, reason))
+    return root
+
+
+def load_mnist(root: str | Path, train: bool, download: bool = True) -> DigitSplit:
+    """Read one MNIST split, downloading it first when it is missing and ``download`` is allowed."""
+    root = ensure_mnist(root, download)
     dataset = MNIST(str(root), train=train, download=False)
     return DigitSplit(dataset.data.contiguous(), dataset.targets.long().contiguous())
