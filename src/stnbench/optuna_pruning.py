@@ -1,55 +1,35 @@
-"""Pruning of poor Optuna trials, for searches run by Hydra's Optuna sweeper.
+"""Pruning of poor Optuna trials, for searches run by stnbench's Optuna sweeper (``hparams_search=optuna``).
 
-The sweeper runs each trial as an ordinary job and never hands the trial to it, so it cannot prune. This
-callback finds the job's trial itself (the RUNNING trial of the study on disk whose parameters equal the
-job's overrides), reports the validation error after every validation, and stops training when the
-study's pruner says so. What it cannot do: mark the trial PRUNED. The sweeper then tells Optuna the
-trial COMPLETE with its best validation error so far; the trial carries the user attribute
-``pruned=True`` and results.json ``"pruned": true``. The compute is saved, which is the point.
+The sweeper (``hydra_plugins/stnbench_optuna_sweeper``) asks Optuna for a trial and starts the job with
+the trial's number, study name and storage in the environment (``STNBENCH_OPTUNA_*``). This callback opens
+that very trial, reports the validation error after every validation, and when the study's pruner says
+so stops training and flags the trial ``pruned``; the sweeper then tells Optuna PRUNED. Outside such a
+search (no ``STNBENCH_OPTUNA_TRIAL``) the callback does nothing.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import lightning as L
 
+from stnbench.optuna_trial import current_trial
+
 log = logging.getLogger("stnbench")
-
-
-def find_trial(pruner=None):
-    """This job's Optuna trial, or None outside an Optuna sweep."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return None
-    hydra_cfg = HydraConfig.get()
-    sweeper = hydra_cfg.get("sweeper") or {}
-    if not sweeper.get("storage") or not sweeper.get("study_name"):
-        return None
-    import optuna
-
-    overrides = dict(o.lstrip("+").split("=", 1) for o in hydra_cfg.overrides.task if "=" in o)
-    study = optuna.load_study(study_name=sweeper.study_name, storage=sweeper.storage, pruner=pruner)
-    for frozen in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        if frozen.params and all(overrides.get(k) == str(v) for k, v in frozen.params.items()):
-            return optuna.trial.Trial(study, frozen._trial_id)
-    log.warning("Optuna pruning: no running trial of study %s matches this job's overrides",
-                sweeper.study_name)
-    return None
 
 
 class OptunaPruning(L.Callback):
     """Report ``monitor`` to this job's Optuna trial after each validation; stop if the pruner says so."""
 
-    def __init__(self, pruner=None, monitor: str = "val/err") -> None:
+    def __init__(self, pruner: Any = None, monitor: str = "val/err") -> None:
         self.pruner, self.monitor = pruner, monitor
         self.trial = None
-        self.pruned = False
+        self.pruned = False  # train.py writes "pruned": true into results.json
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit" and trainer.is_global_zero:
-            self.trial = find_trial(self.pruner)
+            self.trial = current_trial(self.pruner)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         value = trainer.callback_metrics.get(self.monitor)
@@ -59,6 +39,6 @@ class OptunaPruning(L.Callback):
         if self.trial.should_prune():
             log.info("Optuna pruner stops trial %d at step %d (%s=%.2f)", self.trial.number,
                      trainer.global_step, self.monitor, float(value))
-            self.trial.set_user_attr("pruned", True)
+            self.trial.set_user_attr("pruned", True)  # the sweeper tells Optuna PRUNED
             self.pruned = True
             trainer.should_stop = True

@@ -3,7 +3,7 @@
 Why resolvers: run and sweep folders must be named by a run's *choices* (so re-running a sweep finds the
 same folders, and TensorBoard lines runs up by name), a resumed run must find its own folder, and these
 depend on things plain interpolation cannot express (an optional ``model/transform`` choice, the
-checkpoint being resumed, the Optuna study already on disk).
+checkpoint being resumed).
 """
 
 from __future__ import annotations
@@ -70,35 +70,6 @@ def choice(group: str, *, _root_) -> str:
     return str(_choices().get(group))
 
 
-def sqlite_url(path: str) -> str:
-    """``sqlite:///<absolute path>``, creating the folder (Optuna opens the file before Hydra makes it)."""
-    file = Path(path).expanduser().resolve()
-    file.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{file}"
-
-
-def trials_done(storage: str, study_name: str) -> int:
-    """Trials of the study on disk that ended (a RUNNING one was interrupted and never will)."""
-    import optuna
-
-    try:
-        study = optuna.load_study(study_name=study_name, storage=storage)
-    except KeyError:  # no such study yet
-        return 0
-    return sum(t.state != optuna.trial.TrialState.RUNNING for t in study.get_trials(deepcopy=False))
-
-
-def trials_left(storage: str, study_name: str, total: int) -> int:
-    """How many more trials make the study ``total`` trials long: a re-run tops up, never starts over."""
-    return max(0, int(total) - trials_done(storage, study_name))
-
-
-def sampler_seed(seed: int, storage: str, study_name: str) -> int:
-    """A sampler seed that moves on with the study: a resumed search with the same seed would otherwise
-    propose the same parameters as the first invocation's random start-up trials."""
-    return int(seed) + 1009 * trials_done(storage, study_name)
-
-
 def resume_dir(ckpt_path: str | None, default: str) -> str:
     """Run folder for a run: the folder of the checkpoint being resumed (``<run>/checkpoints/x.ckpt``),
     so a resumed run continues its own logs, checkpoints and best-model tracking; else ``default``."""
@@ -111,8 +82,7 @@ def resume_dir(ckpt_path: str | None, default: str) -> str:
 
 def register() -> None:
     resolvers = {"stnbench.resume_dir": resume_dir, "stnbench.transform_tag": transform_tag,
-                 "stnbench.override_tag": override_tag, "stnbench.sqlite": sqlite_url, "stnbench.choice": choice,
-                 "stnbench.trials_left": trials_left, "stnbench.sampler_seed": sampler_seed}
+                 "stnbench.override_tag": override_tag, "stnbench.choice": choice}
     for name, function in resolvers.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, function, use_cache=False)
