@@ -16,7 +16,8 @@ from stnbench.data.distortions import ConfigError, Elastic, Projective, homograp
 from stnbench.data.mnist import DigitSplit, load_mnist
 from stnbench.data.sequences import MultiDigit
 
-SUITE = ("projective", "elastic", "translated", "cluttered", "multi_digit", "addition")
+SUITE = ("projective", "elastic", "translated", "cluttered", "cluttered_ram", "multi_digit", "multi_digit_jittered",
+         "addition")
 ALL_DATA = ("mnist", "rotated", "rts") + SUITE
 
 
@@ -46,7 +47,8 @@ def filled(count: int, value: int) -> DigitSplit:
 
 EXPECTED = {  # name: (channels, size, target shape per image, classes)
     "projective": (1, 28, (), 10), "elastic": (1, 28, (), 10), "translated": (1, 60, (), 10),
-    "cluttered": (1, 60, (), 10), "multi_digit": (1, 100, (3,), 10), "addition": (2, 42, (), 19),
+    "cluttered": (1, 60, (), 10), "cluttered_ram": (1, 100, (), 10), "multi_digit": (1, 100, (3,), 10),
+    "multi_digit_jittered": (1, 100, (3,), 10), "addition": (2, 42, (), 19),
 }
 
 
@@ -65,8 +67,9 @@ def test_batches_have_the_configured_shape_dtype_and_ranges(name, pool):
         assert torch.equal(out.params["digit_index"][:, 0], index)
         assert torch.equal(out.targets, pool.labels[out.params["digit_index"]].sum(1))
         assert (out.images.flatten(2).amax(2) > 0.5).all(), "both channels hold a digit"
-    elif name == "multi_digit":
-        assert torch.equal(out.params["digit_index"][:, 0], index)
+    elif name.startswith("multi_digit"):
+        if name == "multi_digit_jittered":  # Sønderby's generator draws every digit at random instead
+            assert torch.equal(out.params["digit_index"][:, 0], index)
         assert torch.equal(out.targets, pool.labels[out.params["digit_index"]])
     else:
         assert torch.equal(out.targets, pool.labels[index])
@@ -139,15 +142,15 @@ def test_cluttered_distractors_are_other_digits_in_range_and_only_where_params_s
     p = out.params
     assert p["distractor_index"].shape == (512, 6)
     assert (p["distractor_index"] != index[:, None]).all() and p["distractor_index"].max() < len(pool)
-    for key, high in (("distractor_top", 54), ("distractor_left", 54), ("crop_top", 18), ("crop_left", 18)):
-        low = 4 if key.startswith("crop") else 0  # crops come from the central 20x20 box of the digit
-        assert low <= p[key].min() and p[key].max() <= high, key
+    for key, high in (("distractor_top", 54), ("distractor_left", 54), ("crop_top", 22), ("crop_left", 22)):
+        # crops come from anywhere inside the 28x28 digit, as DeepMind's mnist-cluttered cuts them
+        assert 0 == p[key].min() and p[key].max() == high, key
     assert 0 <= p["top"].min() and p["top"].max() <= 32
     image = out.images[:, 0]
     digit = box_mask(60, p["top"], p["left"], 28)
     clutter = box_mask(60, p["distractor_top"], p["distractor_left"], 6)
     assert (image[~digit & ~clutter] == 0).all(), "ink only inside the digit and distractor boxes"
-    assert (image[clutter].reshape(-1) > 0).float().mean() > 0.3, "distractors are mostly not empty"
+    assert (image[clutter].reshape(-1) > 0).float().mean() > 0.2, "distractors are mostly not empty"
     b = torch.arange(512)[:, None, None]
     rows = (p["top"][:, None] + torch.arange(28))[:, :, None]
     cols = (p["left"][:, None] + torch.arange(28))[:, None, :]
@@ -161,8 +164,8 @@ def test_bigger_clutter_variant_is_one_override_away(pool):
     assert out.images.shape == (16, 1, 100, 100) and out.params["distractor_top"].shape == (16, 8)
 
 
-def test_multi_digit_layout_follows_the_config(pool):
-    distortion, _ = distortion_from_config("multi_digit")
+def test_jittered_multi_digit_layout_follows_the_config(pool):
+    distortion, _ = distortion_from_config("multi_digit_jittered")
     _, out = render(distortion, pool, count=1024)
     p = out.params
     assert torch.equal(p["left"].diff(dim=1), torch.full((1024, 2), 28)), "left to right, 28 px apart"
@@ -242,7 +245,10 @@ def test_impossible_values_raise_config_errors_that_say_how_to_fix_them(make, hi
 @pytest.mark.parametrize("train_mode", ["fresh", "fixed"])
 def test_training_images_use_only_training_digits(name, train_mode, tmp_path):
     """Training digits are blank, val/test digits solid white: one leaked digit or crop shows up as ink."""
-    distortion, _ = distortion_from_config(name)
+    # Sønderby's reference bank of distractors is shared by every split on purpose (tests/test_fidelity_data.py);
+    # its same-split option must not leak.
+    overrides = {"distractor_source": "same_split"} if name == "multi_digit" else {}
+    distortion, _ = distortion_from_config(name, **overrides)
     datamodule = DistortedMNIST(distortion, cache_dir=str(tmp_path), train_mode=train_mode, batch_size=64)
     datamodule.pools = {"train": filled(600, 0), "val": filled(100, 255), "test": filled(100, 255)}
     batch = next(iter(datamodule.train_dataloader()))

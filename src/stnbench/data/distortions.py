@@ -14,13 +14,10 @@ from dataclasses import dataclass
 import torch
 
 from stnbench.data.mnist import DigitSplit
+from stnbench.errors import ConfigError  # noqa: F401 (re-exported: plug-ins import it from here)
 from stnbench.sampling import affine_grid, control_grid, homography_grid, sample, tps_grid
 
 DIGIT_SIZE = 28
-
-
-class ConfigError(ValueError):
-    """A configuration value is impossible; raised before any data is generated or any training starts."""
 
 
 @dataclass
@@ -67,6 +64,8 @@ class Distortion:
     """Base class: subclasses set ``image_size`` and implement ``render``."""
 
     name = "distortion"
+    # Part of the fixed eval sets' cache key: bump it whenever the images for the same config and seed change.
+    version: int = 1
     image_size: int = DIGIT_SIZE
     channels: int = 1
     num_classes: int = 10
@@ -258,16 +257,24 @@ def tps_weights(grid_size: int, size: int, device: str) -> torch.Tensor:
 
 
 class Elastic(Distortion):
-    """E: thin-plate-spline warp; a grid of control points each displaced by Gaussian noise (in pixels)."""
+    """E: thin-plate-spline warp; a grid of control points each displaced by Gaussian noise (in pixels).
+
+    ``min_scale``/``max_scale``: the digit is first scaled about its centre by U(min_scale, max_scale).
+    The default (1, 1) leaves it unscaled; the reading of Jaderberg et al.'s appendix in which E also
+    scales by U(0.75, 1.0) is ``min_scale=0.75`` (see docs/datasets.md).
+    """
 
     name = "elastic"
 
-    def __init__(self, grid_size: int = 4, sigma: float = 1.5) -> None:
+    def __init__(self, grid_size: int = 4, sigma: float = 1.5, min_scale: float = 1.0,
+                 max_scale: float = 1.0) -> None:
         if grid_size < 2:
             raise ConfigError(f"grid_size must be >= 2 (a grid_size x grid_size lattice of TPS control "
                               f"points), got {grid_size}")
         check_sigma("sigma", sigma)
+        check_scale_range(min_scale, max_scale)
         self.grid_size, self.sigma = grid_size, sigma
+        self.min_scale, self.max_scale = min_scale, max_scale
         self.image_size = DIGIT_SIZE
 
     def render(self, pool: DigitSplit, index: torch.Tensor, generator: torch.Generator) -> Rendered:
@@ -275,9 +282,14 @@ class Elastic(Distortion):
         control = control_grid(self.grid_size, device)
         shape = (len(index), len(control), 2)
         displacement = torch.randn(shape, generator=generator, device=device) * self.sigma
+        params = {"displacement": displacement}
         targets = control + displacement * (2.0 / self.image_size)
+        if (self.min_scale, self.max_scale) != (1.0, 1.0):  # no extra draw: unscaled E keeps its images
+            scale = uniform(len(index), self.min_scale, self.max_scale, generator, device)
+            targets = targets / scale[:, None, None]  # output point p reads digit point p / s: a zoom by s
+            params["scale"] = scale
         weights = tps_weights(self.grid_size, self.image_size, str(device))  # [H*W, K]
         size = self.image_size
         grid = torch.einsum("pk,bkc->bpc", weights, targets).view(len(index), size, size, 2)
         images = sample(digits_as_float(pool, index), grid).clamp_(0.0, 1.0)
-        return Rendered(images, pool.labels[index], {"displacement": displacement})
+        return Rendered(images, pool.labels[index], params)
