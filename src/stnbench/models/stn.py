@@ -126,23 +126,39 @@ class SpatialTransformer(nn.Module):
 class STClassifier(nn.Module):
     """CNN-STN / FCN-STN: ``classifier(stn(image))``. ``loc_lr_multiplier`` scales the localisation net's
     learning rate (read by the LightningModule when it builds optimiser groups). For sequence data the
-    classifier has one head per digit position, like ``Baseline``."""
+    classifier has one head per digit position, like ``Baseline``.
+
+    ``num_transformers`` > 1 is Jaderberg et al.'s parallel multi-transformer model (2xST-FCN for MNIST
+    addition): each transformer has its own localisation net reading the whole input, and their outputs
+    are stacked as channels for the classifier (C * N input channels). The first transformer is ``stn``
+    (the single-transformer names, so checkpoints of the two kinds keep one layout), the others
+    ``more_stns``.
+    """
 
     def __init__(self, input_shape: tuple[int, int, int], num_classes: int, classifier, transform: Transform,
                  localisation, output_size: int | Sequence[int] | None = None, loc_lr_multiplier: float = 1.0,
-                 num_steps: int = 1) -> None:
+                 num_steps: int = 1, num_transformers: int = 1) -> None:
         super().__init__()
+        if int(num_transformers) != num_transformers or num_transformers < 1:
+            raise ConfigError(f"num_transformers must be a positive integer (2 for 2xST-FCN), got {num_transformers}")
         self.loc_lr_multiplier = check_loc_lr_multiplier(loc_lr_multiplier)
         self.stn = SpatialTransformer(input_shape, transform, localisation, output_size)
+        self.more_stns = nn.ModuleList(SpatialTransformer(input_shape, transform, localisation, output_size)
+                                       for _ in range(int(num_transformers) - 1))
         self.transform = transform  # every STN model exposes its transform (metrics, pictures)
         self.num_steps, self.num_classes = num_steps, num_classes
-        self.classifier = classifier(input_shape=(input_shape[0], *self.stn.output_hw),
+        channels = input_shape[0] * int(num_transformers)
+        self.classifier = classifier(input_shape=(channels, *self.stn.output_hw),
                                      num_classes=num_classes * num_steps)
 
+    @property
+    def transformers(self) -> list[SpatialTransformer]:
+        return [self.stn, *self.more_stns]
+
     def localisation_parameters(self) -> list[nn.Parameter]:
-        return list(self.stn.localisation.parameters()) + list(self.stn.regressor.parameters())
+        return [p for stn in self.transformers for p in (*stn.localisation.parameters(), *stn.regressor.parameters())]
 
     def forward(self, images: torch.Tensor) -> ModelOutput:
-        warped, theta = self.stn(images)
-        logits = self.classifier(warped).view(len(images), self.num_steps, self.num_classes)
-        return ModelOutput(logits, thetas=theta.unsqueeze(1), glimpses=warped.unsqueeze(1))
+        warped, thetas = zip(*(stn(images) for stn in self.transformers), strict=True)
+        logits = self.classifier(torch.cat(warped, 1)).view(len(images), self.num_steps, self.num_classes)
+        return ModelOutput(logits, thetas=torch.stack(thetas, 1), glimpses=torch.stack(warped, 1))

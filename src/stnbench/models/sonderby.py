@@ -1,0 +1,190 @@
+"""Sønderby et al. 2015's three systems on cluttered MNIST sequences, layer for layer as their released
+Lasagne code builds them (skaae/recurrent-spatial-transformer-code: ``ffn_spn.py``, ``rnn_spn.py``).
+
+* ``SonderbyCNN``: the FFN-SPN's classifier reading the whole image resampled by ``downsample`` (the
+  paper's CNN baseline, which the released code does not contain).
+* ``SonderbyFFNSPN`` (the paper's "CNN-SPN"): one spatial transformer, three softmax heads.
+* ``SonderbyRNNSPN``: a GRU emits one transform per digit; a shared classifier reads each glimpse.
+
+Lasagne conventions kept: valid 3x3 convolutions, ReLU after every conv and hidden dense layer, 2x2
+max-pooling (floor), Glorot-uniform weights and zero biases, GRU weights N(0, 0.1) and Lasagne's GRU
+equations, glimpses of ``int(side // downsample)`` pixels. Inputs are read as they are ([0, 1], no
+normalisation), as in the reference. Differences (sampler corners and padding) are in docs/models.md.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from stnbench.errors import ConfigError
+from stnbench.models.classifiers import flat_size
+from stnbench.models.output import ModelOutput
+from stnbench.models.stn import check_loc_lr_multiplier, identity_regressor, warp, warp_steps
+from stnbench.models.transforms import Affine, Transform
+
+
+def glimpse_hw(input_shape: tuple[int, int, int], downsample: float) -> tuple[int, int]:
+    """Lasagne's TransformerLayer output size: ``int(side // downsample)`` (100 -> 50, 33)."""
+    if downsample <= 0:
+        raise ConfigError(f"downsample must be positive (the paper compares 1, 2 and 3), got {downsample}")
+    height, width = int(input_shape[-2] // downsample), int(input_shape[-1] // downsample)
+    if min(height, width) < 1:
+        raise ConfigError(f"downsample={downsample} leaves no pixels of a {tuple(input_shape)} input; lower it")
+    return height, width
+
+
+def lasagne_init(module: nn.Module) -> None:
+    """Glorot-uniform weights and zero biases for convs and dense layers (Lasagne's defaults as used)."""
+    for layer in module.modules():
+        if isinstance(layer, (nn.Conv2d, nn.Linear)):
+            nn.init.xavier_uniform_(layer.weight)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+
+
+def conv_stack(in_channels: int, channels: int, pool_first: bool) -> nn.Sequential:
+    """[pool ->] conv 3x3 -> pool -> conv 3x3 -> pool -> conv 3x3, ReLU after every conv (valid padding).
+
+    ``pool_first``: the localisation nets' layout (a 2x2 max-pool before the first conv); the classifiers
+    start with the conv."""
+    layers: list[nn.Module] = [nn.MaxPool2d(2)] if pool_first else []
+    for number in range(3):
+        layers += [nn.Conv2d(in_channels if number == 0 else channels, channels, 3), nn.ReLU()]
+        if number < 2:
+            layers.append(nn.MaxPool2d(2))
+    return nn.Sequential(*layers, nn.Flatten())
+
+
+def checked_flat_size(module: nn.Module, shape: tuple[int, int, int], what: str) -> int:
+    try:
+        return flat_size(module, shape)
+    except RuntimeError as error:
+        raise ConfigError(f"the {what} does not fit input {tuple(shape)} (three valid 3x3 convs and two or "
+                          "three 2x2 pools need about 30 px): lower model.downsample") from error
+
+
+class SonderbyClassifier(nn.Module):
+    """conv 3x3 ``channels`` -> pool -> conv -> pool -> conv -> dense ``hidden`` -> ``heads`` x 10.
+
+    RNN-SPN: 32 channels, one head shared by the steps. FFN-SPN and CNN: 96 channels, one head per digit
+    (Lasagne's three dense softmax layers = one linear layer with 3 x 10 outputs, same parameters)."""
+
+    def __init__(self, input_shape: tuple[int, int, int], num_classes: int, channels: int = 96,
+                 hidden: int = 400, heads: int = 1) -> None:
+        super().__init__()
+        features = conv_stack(input_shape[0], channels, pool_first=False)
+        size = checked_flat_size(features, tuple(input_shape), "classifier")
+        self.heads, self.num_classes = heads, num_classes
+        self.net = nn.Sequential(features, nn.Linear(size, hidden), nn.ReLU(), nn.Linear(hidden, heads * num_classes))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits [B, heads, classes]."""
+        return self.net(images).view(len(images), self.heads, self.num_classes)
+
+
+class LasagneGRUCell(nn.Module):
+    """Lasagne's GRULayer step: r, u = sigmoid(W_x x + W_h h + b); c = tanh(W_xc x + r * (W_hc h) + b_c);
+    h' = (1 - u) h + u c. One bias per gate (torch's GRUCell has two), weights N(0, 0.1), biases 0."""
+
+    def __init__(self, input_size: int, hidden_size: int) -> None:
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.input = nn.Linear(input_size, 3 * hidden_size)
+        self.hidden = nn.Linear(hidden_size, 3 * hidden_size, bias=False)
+        for weight in (self.input.weight, self.hidden.weight):
+            nn.init.normal_(weight, std=0.1)
+        nn.init.zeros_(self.input.bias)
+
+    def forward(self, inputs: torch.Tensor, state: torch.Tensor | None) -> torch.Tensor:
+        if state is None:
+            state = inputs.new_zeros(len(inputs), self.hidden_size)  # hid_init = 0, not learned
+        x_r, x_u, x_c = self.input(inputs).chunk(3, 1)
+        h_r, h_u, h_c = self.hidden(state).chunk(3, 1)
+        reset, update = torch.sigmoid(x_r + h_r), torch.sigmoid(x_u + h_u)
+        candidate = torch.tanh(x_c + reset * h_c)
+        return (1 - update) * state + update * candidate
+
+
+class _SonderbyBase(nn.Module):
+    def __init__(self, input_shape: tuple[int, int, int], downsample: float, loc_lr_multiplier: float) -> None:
+        super().__init__()
+        self.glimpse_hw = glimpse_hw(input_shape, downsample)
+        self.loc_lr_multiplier = check_loc_lr_multiplier(loc_lr_multiplier)
+
+
+class SonderbyCNN(_SonderbyBase):
+    """The CNN baseline: the FFN-SPN's classifier (96 channels, one head per digit) on the whole image
+    resampled to ``side // downsample`` by the same bilinear sampler at the identity transform."""
+
+    def __init__(self, input_shape: tuple[int, int, int], num_classes: int, num_steps: int = 1,
+                 downsample: float = 3, channels: int = 96, hidden: int = 400, loc_lr_multiplier: float = 1.0) -> None:
+        super().__init__(input_shape, downsample, loc_lr_multiplier)
+        self.resample = Affine()
+        self.classifier = SonderbyClassifier((input_shape[0], *self.glimpse_hw), num_classes, channels, hidden,
+                                             heads=num_steps)
+        lasagne_init(self)
+
+    def forward(self, images: torch.Tensor) -> ModelOutput:
+        identity = self.resample.identity().to(images).expand(len(images), -1)
+        return ModelOutput(self.classifier(warp(images, self.resample, identity, self.glimpse_hw)))
+
+
+class SonderbyFFNSPN(_SonderbyBase):
+    """FFN-SPN ("CNN-SPN"): localisation [pool, conv 20, pool, conv 20, pool, conv 20] -> dense 200 ->
+    dense 6 (zero weights, identity bias) -> one glimpse of ``side // downsample`` -> classifier with
+    one head per digit."""
+
+    def __init__(self, input_shape: tuple[int, int, int], num_classes: int, transform: Transform | None = None,
+                 num_steps: int = 1, downsample: float = 3, loc_channels: int = 20, loc_hidden: int = 200,
+                 channels: int = 96, hidden: int = 400, loc_lr_multiplier: float = 1.0) -> None:
+        super().__init__(input_shape, downsample, loc_lr_multiplier)
+        self.transform = transform or Affine()
+        convs = conv_stack(input_shape[0], loc_channels, pool_first=True)
+        size = checked_flat_size(convs, tuple(input_shape), "localisation net")
+        self.localisation = nn.Sequential(convs, nn.Linear(size, loc_hidden), nn.ReLU())
+        self.classifier = SonderbyClassifier((input_shape[0], *self.glimpse_hw), num_classes, channels, hidden,
+                                             heads=num_steps)
+        lasagne_init(self)
+        self.regressor = identity_regressor(loc_hidden, self.transform)  # after lasagne_init: stays identity
+
+    def localisation_parameters(self) -> list[nn.Parameter]:
+        return [*self.localisation.parameters(), *self.regressor.parameters()]
+
+    def forward(self, images: torch.Tensor) -> ModelOutput:
+        theta = self.regressor(self.localisation(images))
+        glimpse = warp(images, self.transform, theta, self.glimpse_hw)
+        return ModelOutput(self.classifier(glimpse), thetas=theta.unsqueeze(1), glimpses=glimpse.unsqueeze(1))
+
+
+class SonderbyRNNSPN(_SonderbyBase):
+    """RNN-SPN: localisation convs (as FFN-SPN, no dense layer) -> the same code fed to a GRU of
+    ``rnn_units`` at each of ``num_steps`` steps -> dense 6 (identity) per step -> glimpse of the full image
+    -> shared classifier (32 channels, one head)."""
+
+    def __init__(self, input_shape: tuple[int, int, int], num_classes: int, transform: Transform | None = None,
+                 num_steps: int = 1, downsample: float = 3, loc_channels: int = 20, rnn_units: int = 256,
+                 channels: int = 32, hidden: int = 400, loc_lr_multiplier: float = 1.0) -> None:
+        super().__init__(input_shape, downsample, loc_lr_multiplier)
+        self.transform = transform or Affine()
+        self.steps, self.num_classes = int(num_steps), num_classes
+        self.localisation = conv_stack(input_shape[0], loc_channels, pool_first=True)
+        size = checked_flat_size(self.localisation, tuple(input_shape), "localisation net")
+        self.classifier = SonderbyClassifier((input_shape[0], *self.glimpse_hw), num_classes, channels, hidden)
+        lasagne_init(self)
+        self.rnn = LasagneGRUCell(size, rnn_units)
+        self.regressor = identity_regressor(rnn_units, self.transform)
+
+    def localisation_parameters(self) -> list[nn.Parameter]:
+        return [*self.localisation.parameters(), *self.rnn.parameters(), *self.regressor.parameters()]
+
+    def forward(self, images: torch.Tensor) -> ModelOutput:
+        code = self.localisation(images)
+        state, hidden = None, []
+        for _ in range(self.steps):  # the same code every step (Lasagne's Repeat layer)
+            state = self.rnn(code, state)
+            hidden.append(state)
+        thetas = self.regressor(torch.stack(hidden, 1))  # [B, T, P]
+        glimpses = warp_steps(images, self.transform, thetas, self.glimpse_hw)
+        logits = self.classifier(glimpses.flatten(0, 1)).view(len(images), self.steps, self.num_classes)
+        return ModelOutput(logits, thetas=thetas, glimpses=glimpses)
