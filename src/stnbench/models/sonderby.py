@@ -188,3 +188,18 @@ class SonderbyRNNSPN(_SonderbyBase):
         glimpses = warp_steps(images, self.transform, thetas, self.glimpse_hw)
         logits = self.classifier(glimpses.flatten(0, 1)).view(len(images), self.steps, self.num_classes)
         return ModelOutput(logits, thetas=thetas, glimpses=glimpses)
+
+
+def parameter_table(input_shape: tuple[int, int, int] = (1, 100, 100), num_steps: int = 3) -> str:
+    """Parameter counts of the three systems for downsample factors 1, 2, 3 (the table in docs/models.md)."""
+    lines = ["model             downsample  glimpse  parameters"]
+    for model in (SonderbyCNN, SonderbyFFNSPN, SonderbyRNNSPN):
+        for factor in (1, 2, 3):
+            net = model(input_shape, 10, num_steps=num_steps, downsample=factor)
+            side, count = "x".join(map(str, net.glimpse_hw)), sum(p.numel() for p in net.parameters())
+            lines.append(f"{model.__name__:<17} {factor:>10}  {side:>7}  {count:>10,}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m stnbench.models.sonderby
+    print(parameter_table())
