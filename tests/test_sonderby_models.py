@@ -17,6 +17,8 @@ from stnbench.errors import ConfigError
 from stnbench.models.sonderby import LasagneGRUCell, SonderbyCNN, SonderbyFFNSPN, SonderbyRNNSPN
 from stnbench.models.stn import warp
 from stnbench.sonderby_training import GradientValueClip, decay_epochs, reference_decay
+from stnbench.train import train
+from test_data_train import TINY
 
 SONDERBY = ("sonderby_cnn", "sonderby_cnn_spn", "sonderby_rnn_spn")
 # Parameter counts on 100x100 inputs, 3 digits, downsample 3 (33x33 glimpses); docs/models.md derives them.
@@ -119,6 +121,15 @@ def test_experiment_is_the_reference_recipe(tmp_path, cache_dir):
     stopping = instantiate(cfg.callbacks.early_stopping)
     assert (stopping.monitor, stopping.patience, stopping.mode) == ("val/digit_err", 50, "min")
     assert cfg.scheduler.max_epochs == 300 and cfg.scheduler.factor == 1.5
+
+
+def test_the_recipe_trains_end_to_end(tmp_path, cache_dir):
+    """RMSprop, both clippings, the decay rule and early stopping wired into a real (tiny) run."""
+    cfg = compose_config(["experiment=sonderby_multi_digit", "model=sonderby_cnn", "data.train_mode=fresh", *TINY],
+                         run_dir=tmp_path, cache=cache_dir)
+    results = train(cfg)
+    assert results["global_step"] == 2 and results["parameters"] == PARAMETERS["sonderby_cnn"]
+    assert "test/digit_err" in results and results["status"] == "finished"
 
 
 def test_reference_decay_replays_the_reference_counter():

@@ -185,8 +185,7 @@ class SonderbySequence(Distortion):
         key = (self.root, self.crop_size, self.bank_size, self.bank_seed, str(device))
         if key not in _BANK_ON_DEVICE:
             cpu = distractor_bank(self.root, self.crop_size, self.bank_size, self.bank_seed)
-            _BANK_ON_DEVICE.clear()  # one bank per process is the normal case; never hoard copies
-            _BANK_ON_DEVICE[key] = cpu.to(device)
+            _BANK_ON_DEVICE[key] = cpu.to(device)  # 8 MB per (bank, device): the CPU one and the training device
         return _BANK_ON_DEVICE[key]
 
     def distractors(self, pool: DigitSplit, batch: int, generator: torch.Generator,
