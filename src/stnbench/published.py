@@ -22,7 +22,7 @@ JADERBERG = ("Jaderberg, Simonyan, Zisserman, Kavukcuoglu 2015, Spatial Transfor
 SONDERBY = ("Sønderby, Sønderby, Maaløe, Winther 2015, Recurrent Spatial Transformer Networks "
             "(arXiv:1509.05329), abstract: single-digit % error on cluttered MNIST sequences")
 JADERBERG_TC = ("Jaderberg, Simonyan, Zisserman, Kavukcuoglu 2015, Spatial Transformer Networks (NIPS), "
-                "section 4.1: translated-cluttered MNIST 60x60, % error")
+                "distorted-MNIST experiments (text): translated-cluttered MNIST 60x60, % error")
 JADERBERG_ADDITION = ("Jaderberg, Simonyan, Zisserman, Kavukcuoglu 2015, Spatial Transformer Networks (NIPS), "
                       "appendix: MNIST addition, % error; 2xST-FCN = two transformers in parallel")
 
