@@ -146,3 +146,10 @@ def test_each_model_family_gets_its_own_search_space(model, family, keys):
     sweeper.config = cfg
     name, params = sweeper.family_params()
     assert (name, set(params)) == (family, keys)
+
+
+def test_an_rdb_url_works_as_storage(tmp_path):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    run_app(tmp_path, "x=interval(-5.0,5.0)", "hydra.sweeper.n_trials=2", f"hydra.sweeper.storage={url}")
+    trials = optuna.load_study(study_name="toy", storage=url).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2 and all(t.intermediate_values for t in trials)
