@@ -1,0 +1,182 @@
+"""Check a composed config before anything is built: wrong types, NaN and impossible values, one line each.
+
+Types come from the code itself: every config node with a ``_target_`` is checked against the type hints
+of that target's constructor (``DistortedMNIST``, a distortion, a model and its parts, the optimizer,
+the scheduler, Lightning's ``Trainer``), so a user's own plug-in with annotated arguments is checked
+too. Only hints a config value can satisfy are enforced (numbers, strings, booleans, ``None``,
+``Literal``, lists/tuples of those, unions of them); an argument typed as some other class accepts a
+nested config and nothing else. The impossible-value rules that types cannot express are at the bottom.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import math
+import types
+import typing
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from stnbench.errors import ConfigError
+
+# Config sections whose ``_target_`` decides what a run computes; loggers and callbacks only observe it.
+CHECKED_SECTIONS = ("data", "model", "optimizer", "scheduler", "trainer")
+TOP_LEVEL = {"seed": int, "skip_finished": bool, "test_after_fit": bool}
+_ANY = object()  # "cannot check this hint": the value is accepted
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Raise ``ConfigError`` naming the key, the value and what was expected, for the first bad value."""
+    for key, expected in TOP_LEVEL.items():
+        if key in cfg:
+            _check_value(key, cfg[key], expected)
+    for section in CHECKED_SECTIONS:
+        node = cfg.get(section)
+        if isinstance(node, DictConfig):
+            _check_node(section, node)
+    _check_values(cfg)
+
+
+# ---- types ----------------------------------------------------------------------------------------------
+def _check_node(path: str, node: DictConfig) -> None:
+    hints = _constructor_hints(node.get("_target_")) if "_target_" in node else {}
+    for key in node:
+        key = str(key)
+        if key.startswith("_") or OmegaConf.is_missing(node, key):
+            continue
+        value = node[key]
+        where = f"{path}.{key}"
+        if isinstance(value, DictConfig):
+            _check_node(where, value)
+        elif key in hints:
+            _check_value(where, value, hints[key])
+        elif not isinstance(value, ListConfig):
+            _check_scalar(where, value)
+
+
+def _constructor_hints(target: str | None) -> dict[str, Any]:
+    """Type hints of the target's constructor; empty when the target cannot be imported or inspected
+    (a missing target is reported by instantiation with its own clear message)."""
+    if not isinstance(target, str) or "." not in target:
+        return {}
+    module_name, _, name = target.rpartition(".")
+    try:
+        obj = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError):
+        return {}
+    function: Callable = obj.__init__ if inspect.isclass(obj) else obj
+    try:
+        hints = typing.get_type_hints(function)
+    except Exception:  # unresolvable forward references: fall back to the raw annotations we can read
+        hints = {k: v for k, v in getattr(function, "__annotations__", {}).items() if not isinstance(v, str)}
+    hints.pop("return", None)
+    return hints
+
+
+def _check_value(where: str, value: Any, hint: Any) -> None:
+    if isinstance(value, ListConfig | DictConfig):
+        value = OmegaConf.to_container(value, resolve=True)
+    _check_scalar(where, value)
+    if not _matches(value, hint):
+        raise ConfigError(f"{where}={_show(value)} has the wrong type: expected {_describe(hint)}, "
+                          f"got {type(value).__name__}")
+
+
+def _check_scalar(where: str, value: Any) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where}={value} is not a finite number")
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    result = _match(value, hint)
+    return True if result is _ANY else bool(result)
+
+
+def _match(value: Any, hint: Any) -> Any:
+    if hint is Any or hint is inspect.Parameter.empty:
+        return _ANY
+    if hint is None or hint is type(None):
+        return value is None
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union or origin is types.UnionType:
+        results = [_match(value, arg) for arg in args]
+        return True if any(r is True for r in results) else (_ANY if all(r is _ANY for r in results) else False)
+    if origin is typing.Literal:
+        return value in args
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (list, tuple, Sequence, typing.Sequence) or hint in (list, tuple):
+        if not isinstance(value, list | tuple):
+            return False
+        if not args:
+            return True
+        if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
+            return len(value) == len(args) and all(_matches(v, a) for v, a in zip(value, args, strict=True))
+        return all(_matches(v, args[0]) for v in value)
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    if isinstance(hint, type):  # some other class (a Tensor, an Accelerator ...): only a nested config fits
+        return isinstance(value, dict)
+    return _ANY  # TypeVars, callables, protocols: nothing a config value can be checked against
+
+
+def _describe(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union or origin is types.UnionType:
+        shown = [_describe(a) for a in args if _match_possible(a)]
+        return " or ".join(dict.fromkeys(shown))
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if hint is type(None) or hint is None:
+        return "null"
+    if origin in (list, tuple, Sequence, typing.Sequence):
+        return f"a list of {_describe(args[0])}" if args else "a list"
+    if hint is float:
+        return "a number (float)"
+    if hint is int:
+        return "an integer"
+    if hint is bool:
+        return "true or false"
+    if hint is str:
+        return "a string"
+    return getattr(hint, "__name__", str(hint))
+
+
+def _match_possible(hint: Any) -> bool:
+    """Union members worth naming in a message: not classes that only a nested config could be."""
+    return not (isinstance(hint, type) and hint not in (int, float, str, bool, type(None), list, tuple, dict))
+
+
+def _show(value: Any) -> str:
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+# ---- impossible values that types cannot express ----------------------------------------------------------
+def _check_values(cfg: DictConfig) -> None:
+    data = cfg.get("data") or {}
+    for key in ("batch_size", "eval_batch_size"):
+        value = data.get(key)
+        if value is not None and value <= 0:
+            raise ConfigError(f"data.{key} must be a positive integer, got {value}")
+    optimizer = cfg.get("optimizer")
+    if optimizer is not None and (optimizer.get("lr") is None or optimizer.lr <= 0):
+        raise ConfigError(f"optimizer.lr must be positive, got {optimizer.get('lr')}")
+    trainer = cfg.get("trainer") or {}
+    max_epochs = trainer.get("max_epochs")
+    if max_epochs is not None and (max_epochs == 0 or max_epochs < -1):
+        raise ConfigError(f"trainer.max_epochs must be positive (or -1 for no limit), got {max_epochs}")
+    if trainer.get("overfit_batches"):
+        raise ConfigError("trainer.overfit_batches is not supported (Lightning would replace stnbench's batch "
+                          "sampler and train on nothing); use debug=overfit or data.overfit_batches=N")
+    multiplier = (cfg.get("model") or {}).get("loc_lr_multiplier")
+    if multiplier is not None and multiplier < 0:
+        raise ConfigError(f"model.loc_lr_multiplier must be >= 0, got {multiplier}")
