@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from stnbench.errors import StorageError
+
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
@@ -59,9 +61,13 @@ def cached(
         if tensors is not None:
             return tensors
     tensors = build()
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save({"key": key, "description": description, "checksum": tensor_checksum(tensors),
-                "tensors": tensors}, tmp)
-    os.replace(tmp, path)  # atomic: concurrent runs of a sweep never see a half-written file
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"key": key, "description": description, "checksum": tensor_checksum(tensors),
+                    "tensors": tensors}, tmp)
+        os.replace(tmp, path)  # atomic: concurrent runs of a sweep never see a half-written file
+    except OSError as error:
+        raise StorageError(f"cannot write the evaluation-set cache '{path.parent}' ({error.strerror or error}); "
+                           "set STNBENCH_CACHE_DIR (or paths.cache_dir=...) to a writable folder") from None
     return tensors

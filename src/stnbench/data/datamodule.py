@@ -9,7 +9,7 @@ sees exactly the batches an uninterrupted run would have seen.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import lightning as L
 import torch
@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from stnbench.data.cache import cached
 from stnbench.data.distortions import ConfigError, Distortion
-from stnbench.data.mnist import DigitSplit, ensure_mnist, load_mnist
+from stnbench.data.mnist import DigitSplit, ensure_mnist, load_mnist, verify_mnist
 
 TRAIN_MODES = ("fresh", "fixed")
 RENDER_CHUNK = 2048
@@ -44,6 +44,7 @@ class IndexBatches(Sampler):
         self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
+        self.first_batch: Callable[[], int] = lambda: 0  # where an epoch starts: > 0 when resumed inside it
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -63,10 +64,44 @@ class IndexBatches(Sampler):
 
     def __iter__(self) -> Iterator[dict]:
         order = self._order()
-        for number in range(len(self)):
+        for number in range(self.first_batch(), len(self)):
             index = order[number * self.batch_size:(number + 1) * self.batch_size]
             seed = derive_seed(self.seed, self.split, self.epoch, number, self.rank)
             yield {"split": self.split, "index": index, "seed": seed}
+
+
+class FixedBatches(IndexBatches):
+    """The first ``count`` batches of epoch 0, with their distortions, in every epoch: what a model should
+    be able to memorise (``data.overfit_batches``, used by ``debug=overfit``)."""
+
+    def __init__(self, split: str, num_items: int, batch_size: int, seed: int, count: int) -> None:
+        super().__init__(split, num_items, batch_size, shuffle=True, seed=seed, drop_last=True)
+        self.count = count
+
+    def __len__(self) -> int:
+        return min(self.count, super().__len__())
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = 0
+
+
+class ResumableLoader(DataLoader):
+    """The training loader, resumable inside an epoch: a resumed epoch starts after the batches it had
+    already trained on. Lightning restores its loop progress from the checkpoint and counts the batches
+    of the current epoch already done; the sampler starts there (``first_batch``), and since every batch
+    is a pure function of (seed, epoch, batch number) the rest of the epoch is exactly the uninterrupted
+    run's. (Lightning restores a loader's own ``load_state_dict`` only after it has created the epoch's
+    iterator, so the position is read from the loop instead; the state below is for the record.)"""
+
+    def __init__(self, sampler: IndexBatches, batches_done: Callable[[], int]) -> None:
+        super().__init__(_PassThrough(), sampler=sampler, batch_size=None)
+        sampler.first_batch = batches_done
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.sampler.epoch, "batches_done": int(self.sampler.first_batch())}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Nothing to load: the position comes from Lightning's restored loop progress."""
 
 
 class _PassThrough(Dataset):
@@ -94,6 +129,8 @@ class DistortedMNIST(L.LightningDataModule):
         train_mode: str = "fresh",
         download: bool = True,
         name: str | None = None,
+        overfit_batches: int = 0,
+        verify_checksums: bool = True,
     ) -> None:
         super().__init__()
         if batch_size <= 0 or eval_batch_size <= 0:
@@ -101,6 +138,8 @@ class DistortedMNIST(L.LightningDataModule):
                               f"eval_batch_size={eval_batch_size}")
         if not 0 < num_val < 60000:
             raise ConfigError(f"num_val must be between 1 and 59999 (held out of the 60k train set), got {num_val}")
+        if overfit_batches < 0:
+            raise ConfigError(f"data.overfit_batches must be >= 0 (0 = off), got {overfit_batches}")
         if train_mode not in TRAIN_MODES:
             raise ConfigError(f"train_mode must be one of {TRAIN_MODES}, got '{train_mode}'")
         self.distortion = distortion
@@ -108,6 +147,8 @@ class DistortedMNIST(L.LightningDataModule):
         self.root, self.cache_dir = str(root), str(cache_dir)
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.num_val, self.seed, self.train_mode, self.download = num_val, seed, train_mode, download
+        self.overfit_batches, self.verify_checksums = overfit_batches, verify_checksums
+        self.mnist_md5: dict[str, str] = {}  # the raw files' checksums: part of the eval-set cache key
         self.pools: dict[str, DigitSplit] = {}  # clean digits per split (train/val/test)
         self.fixed: dict[str, DigitSplit] = {}  # pre-rendered images per split (val/test, train if fixed)
         self._on_device: dict[tuple[str, str, str], DigitSplit] = {}
@@ -118,16 +159,22 @@ class DistortedMNIST(L.LightningDataModule):
         return (self.distortion.channels, self.distortion.image_size, self.distortion.image_size)
 
     def dataset_description(self, split: str) -> dict:
-        return {"distortion": type(self.distortion).__name__, "params": vars(self.distortion),
-                "seed": self.seed, "split": split, "num_val": self.num_val}
+        """Everything a fixed eval set depends on: the generator (and its code version), its parameters,
+        the seed and split, and the MNIST files' content. The cache key is a hash of exactly this."""
+        return {"distortion": type(self.distortion).__name__, "version": getattr(self.distortion, "version", 1),
+                "params": vars(self.distortion), "seed": self.seed, "split": split, "num_val": self.num_val,
+                "mnist_md5": self.mnist_md5}
 
     # ---- setup ------------------------------------------------------------------------------------
     def prepare_data(self) -> None:
-        ensure_mnist(self.root, download=self.download)  # download only; setup() reads the files once
+        root = ensure_mnist(self.root, download=self.download)  # download only; setup() reads the files once
+        self.mnist_md5 = verify_mnist(root, check_known=self.verify_checksums, memo_dir=self.cache_dir)
 
     def setup(self, stage: str | None = None) -> None:
         if self.pools:
             return
+        if not self.mnist_md5:
+            self.prepare_data()  # the cache key needs the files' checksums
         train_full = load_mnist(self.root, train=True, download=self.download)
         generator = torch.Generator().manual_seed(derive_seed(self.seed, "train/val split"))
         order = torch.randperm(len(train_full), generator=generator)
@@ -158,21 +205,33 @@ class DistortedMNIST(L.LightningDataModule):
         return DigitSplit(tensors["images"], tensors["labels"])
 
     # ---- loaders ----------------------------------------------------------------------------------
-    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+    def _sampler(self, split: str, batch_size: int, shuffle: bool) -> IndexBatches:
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        sampler = IndexBatches(split, len(self.pools[split]), batch_size, shuffle, self.seed,
-                               drop_last=shuffle, rank=rank, world_size=world)
-        return DataLoader(_PassThrough(), sampler=sampler, batch_size=None)
+        return IndexBatches(split, len(self.pools[split]), batch_size, shuffle, self.seed,
+                            drop_last=shuffle, rank=rank, world_size=world)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.batch_size, shuffle=True)
+        if self.overfit_batches:
+            sampler = FixedBatches("train", len(self.pools["train"]), self.batch_size, self.seed, self.overfit_batches)
+        else:
+            sampler = self._sampler("train", self.batch_size, shuffle=True)
+        return ResumableLoader(sampler, self._batches_done)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", self.eval_batch_size, shuffle=False)
+        return DataLoader(_PassThrough(), sampler=self._sampler("val", self.eval_batch_size, False), batch_size=None)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", self.eval_batch_size, shuffle=False)
+        return DataLoader(_PassThrough(), sampler=self._sampler("test", self.eval_batch_size, False), batch_size=None)
+
+    def _batches_done(self) -> int:
+        """Batches of the current epoch already trained on: 0 when an epoch starts, k when a run resumes
+        inside an epoch after k batches (Lightning's restored loop progress)."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        return done if done < trainer.num_training_batches else 0
 
     # ---- indices -> images, on the training device ------------------------------------------------
     def _device_copy(self, kind: str, split: str, device: torch.device) -> DigitSplit:

@@ -6,11 +6,16 @@ has to find (or download) the four original IDX files and hand back ``(images, l
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torchvision.datasets import MNIST
+
+from stnbench.errors import MNISTNotFoundError
 
 # The four original IDX files and their exact sizes: a wrong size means a truncated or foreign file.
 RAW_FILES = {
@@ -19,10 +24,18 @@ RAW_FILES = {
     "t10k-images-idx3-ubyte": 7_840_016,
     "t10k-labels-idx1-ubyte": 10_008,
 }
-
-
-class MNISTNotFoundError(RuntimeError):
-    """MNIST is neither on disk nor downloadable."""
+# Their MD5 sums (uncompressed; the published, widely listed values): right-sized files of other content
+# (a damaged copy, another dataset) are caught before anything trains on them.
+RAW_MD5 = {
+    "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+    "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+    "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+    "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+}
+# IDX headers: magic number (2051 images, 2049 labels) and item count.
+_HEADERS = {"train-images-idx3-ubyte": (2051, 60000), "train-labels-idx1-ubyte": (2049, 60000),
+            "t10k-images-idx3-ubyte": (2051, 10000), "t10k-labels-idx1-ubyte": (2049, 10000)}
+MEMO_FILE = "mnist-md5.json"
 
 
 @dataclass(frozen=True)
@@ -87,3 +100,80 @@ def load_mnist(root: str | Path, train: bool, download: bool = True) -> DigitSpl
     root = ensure_mnist(root, download)
     dataset = MNIST(str(root), train=train, download=False)
     return DigitSplit(dataset.data.contiguous(), dataset.targets.long().contiguous())
+
+
+def file_md5(path: Path) -> str:
+    digest = hashlib.md5()  # noqa: S324 - a content fingerprint, not security
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _memo_path(memo_dir: str | Path | None) -> Path | None:
+    return Path(memo_dir).expanduser() / MEMO_FILE if memo_dir else None
+
+
+def raw_md5(root: str | Path, memo_dir: str | Path | None = None) -> dict[str, str]:
+    """MD5 of each raw file, remembered in ``<memo_dir>/mnist-md5.json`` by (path, size, mtime), so only
+    the first start-up after a file changes reads it (about 0.2 s for all four)."""
+    raw = Path(root).expanduser().resolve() / "MNIST" / "raw"
+    memo_file = _memo_path(memo_dir)
+    try:
+        memo = json.loads(memo_file.read_text()) if memo_file and memo_file.is_file() else {}
+    except (OSError, ValueError):
+        memo = {}
+    sums, changed = {}, False
+    for name in RAW_FILES:
+        path = raw / name
+        stat = path.stat()
+        stamp = [stat.st_size, stat.st_mtime_ns]
+        entry = memo.get(str(path))
+        if entry and entry[:2] == stamp:
+            sums[name] = entry[2]
+            continue
+        sums[name] = file_md5(path)
+        memo[str(path)] = [*stamp, sums[name]]
+        changed = True
+    if changed and memo_file:
+        try:  # remembering is an optimisation: a read-only cache folder is reported where it is written to
+            memo_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = memo_file.with_name(f".{MEMO_FILE}.{os.getpid()}")
+            tmp.write_text(json.dumps(memo, indent=1))
+            os.replace(tmp, memo_file)
+        except OSError:
+            pass
+    return sums
+
+
+def check_headers(root: str | Path) -> None:
+    """IDX magic numbers, item counts and label range: what a custom MNIST-format dataset must still get right."""
+    raw = Path(root).expanduser() / "MNIST" / "raw"
+    for name, (magic, count) in _HEADERS.items():
+        header = (raw / name).read_bytes()[:8]
+        found = (int.from_bytes(header[:4], "big"), int.from_bytes(header[4:8], "big"))
+        if found != (magic, count):
+            raise MNISTNotFoundError(f"{raw / name} is not an MNIST IDX file: header says magic {found[0]}, "
+                                     f"{found[1]} items; expected magic {magic}, {count} items")
+        if "labels" in name:
+            labels = (raw / name).read_bytes()[8:]
+            if labels and max(labels) > 9:
+                raise MNISTNotFoundError(f"{raw / name} holds label {max(labels)}; MNIST labels are 0-9")
+
+
+def verify_mnist(root: str | Path, check_known: bool = True, memo_dir: str | Path | None = None) -> dict[str, str]:
+    """The raw files' MD5 sums, checked against the official ones unless ``check_known`` is off (a custom
+    dataset in MNIST format: then headers and label ranges are still checked)."""
+    sums = raw_md5(root, memo_dir)
+    raw = Path(root).expanduser() / "MNIST" / "raw"
+    if check_known:
+        wrong = [name for name, digest in sums.items() if digest != RAW_MD5[name]]
+        if wrong:
+            raise MNISTNotFoundError(
+                f"{raw / wrong[0]} is not the original MNIST file (MD5 {sums[wrong[0]]}, expected "
+                f"{RAW_MD5[wrong[0]]}){' and ' + str(len(wrong) - 1) + ' more' if len(wrong) > 1 else ''}: "
+                "replace it with the original (delete it to download again), or set data.verify_checksums=false "
+                "for a custom dataset in MNIST format")
+    else:
+        check_headers(root)
+    return sums
