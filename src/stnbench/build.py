@@ -5,7 +5,6 @@ Shared by the entry points (train, eval, gallery) so each of them stays a short 
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -16,19 +15,14 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from stnbench.config_checks import check_config  # noqa: F401 (re-exported for the entry points)
 from stnbench.data.datamodule import DistortedMNIST
-from stnbench.data.distortions import ConfigError
-from stnbench.data.mnist import MNISTNotFoundError
+from stnbench.errors import USER_ERRORS, CheckpointError, ConfigError
 from stnbench.module import CONFIG_KEY, STNBenchModule  # noqa: F401 (re-exported)
+from stnbench.run_folder import write_json  # noqa: F401 (re-exported)
 
 log = logging.getLogger("stnbench")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, unreadable, or does not fit the configured model."""
-
-
-USER_ERRORS = (ConfigError, MNISTNotFoundError, CheckpointError)
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"  # the shipped config groups
 
 
 def _instantiate(config: Any, what: str, **kwargs: Any) -> Any:
@@ -42,23 +36,6 @@ def _instantiate(config: Any, what: str, **kwargs: Any) -> Any:
         if isinstance(cause, (ValueError, TypeError)):
             raise ConfigError(f"bad {what} configuration: {cause}") from None
         raise
-
-
-def check_config(cfg: DictConfig) -> None:
-    """Reject impossible values before anything is built."""
-    for key in ("batch_size", "eval_batch_size"):
-        value = cfg.data.get(key)
-        if value is not None and value <= 0:
-            raise ConfigError(f"data.{key} must be a positive integer, got {value}")
-    optimizer = cfg.get("optimizer")
-    if optimizer is not None and (optimizer.get("lr") is None or optimizer.lr <= 0):
-        raise ConfigError(f"optimizer.lr must be positive, got {optimizer.get('lr')}")
-    max_epochs = cfg.trainer.get("max_epochs")
-    if max_epochs is not None and (max_epochs == 0 or max_epochs < -1):
-        raise ConfigError(f"trainer.max_epochs must be positive (or -1 for no limit), got {max_epochs}")
-    multiplier = cfg.get("model", {}).get("loc_lr_multiplier")
-    if multiplier is not None and multiplier < 0:
-        raise ConfigError(f"model.loc_lr_multiplier must be >= 0, got {multiplier}")
 
 
 def build_datamodule(data_cfg: DictConfig | dict) -> DistortedMNIST:
@@ -95,7 +72,7 @@ def key_choices(cfg: DictConfig) -> dict[str, Any]:
     choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
     return {
         "data": choices.get("data", cfg.data.get("name")),
-        "model": choices.get("model"),
+        "model": model_name(choices.get("model"), cfg.model.get("_target_")),
         "transform": choices.get("model/transform"),
         "optimizer": choices.get("optimizer"),
         "scheduler": choices.get("scheduler"),
@@ -105,6 +82,15 @@ def key_choices(cfg: DictConfig) -> dict[str, Any]:
         "loc_lr_multiplier": cfg.model.get("loc_lr_multiplier"),
         "seed": cfg.seed,
     }
+
+
+def model_name(choice: str | None, target: str | None) -> str | None:
+    """The ``model=`` option, or the model's ``_target_`` when that was overridden (``model._target_=...``
+    turns a ``model=cnn`` run into another model, which must not be reported as the CNN)."""
+    shipped = CONFIG_DIR / "model" / f"{choice}.yaml"
+    if choice is None or not shipped.is_file():
+        return choice or target
+    return choice if OmegaConf.load(shipped).get("_target_") == target else target
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -121,34 +107,11 @@ def load_checkpoint(path: str | Path) -> dict:
     return checkpoint
 
 
-def check_checkpoint_fits(checkpoint: dict, cfg: DictConfig, path: str) -> None:
-    """A resumed run must rebuild the same data and model as the run that wrote the checkpoint."""
-    stored = checkpoint[CONFIG_KEY]
-    current = OmegaConf.to_container(cfg, resolve=True)
-    for section in ("model",):
-        if stored.get(section) != current.get(section):
-            raise CheckpointError(
-                f"checkpoint '{path}' was trained with a different {section} config:\n"
-                f"  checkpoint: {json.dumps(stored.get(section), sort_keys=True)}\n"
-                f"  now:        {json.dumps(current.get(section), sort_keys=True)}\n"
-                "Resume with the same overrides as the original run (see its .hydra/overrides.yaml)."
-            )
-    for key in ("distortion", "name", "seed"):
-        if stored["data"].get(key) != current["data"].get(key):
-            raise CheckpointError(f"checkpoint '{path}' was trained with data.{key}="
-                                  f"{stored['data'].get(key)!r}, not {current['data'].get(key)!r}")
-
-
 def load_weights(module: STNBenchModule, state_dict: dict, path: str) -> None:
     try:
         module.load_state_dict(state_dict)
     except RuntimeError as error:
         raise CheckpointError(f"checkpoint '{path}' does not fit the model: {error}") from None
-
-
-def write_json(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def build_trainer(trainer_cfg: DictConfig, loggers: list, callbacks: list) -> L.Trainer:

@@ -1,11 +1,19 @@
-"""Small Lightning callbacks of stnbench's own."""
+"""Small Lightning callbacks of stnbench's own: the epoch log line, divergence, and safe stops."""
 
 from __future__ import annotations
 
 import logging
+import math
+import signal
 import time
+from collections import deque
+from pathlib import Path
+from types import FrameType
+from typing import Any
 
 import lightning as L
+
+from stnbench.errors import Diverged, RunInterrupted
 
 log = logging.getLogger("stnbench")
 
@@ -25,3 +33,118 @@ class EpochSummary(L.Callback):
                           if name in metrics)
         log.info("epoch %d/%d step %d (%.0f s): %s", trainer.current_epoch + 1, trainer.max_epochs,
                  trainer.global_step, time.perf_counter() - self.start, shown)
+
+
+class DivergenceGuard(L.Callback):
+    """Stop a run whose training loss diverges, so it can never be reported as finished.
+
+    The rule: the loss of any training step is NaN or infinite, or the mean loss over the last
+    ``window`` steps exceeds ``factor`` times the loss of the run's first step (an untrained classifier
+    starts near ln(classes), about 2.3; a healthy run never averages 10x that for 20 steps).
+    """
+
+    def __init__(self, factor: float = 10.0, window: int = 20) -> None:
+        if factor <= 1 or window < 1:
+            raise ValueError(f"DivergenceGuard needs factor > 1 and window >= 1, got {factor}, {window}")
+        self.factor, self.window = factor, window
+        self.first_loss: float | None = None
+        self.recent: deque[float] = deque(maxlen=window)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is None:
+            return
+        value = float(loss.detach())
+        step = trainer.global_step
+        group = trainer.optimizers[0].param_groups[0] if trainer.optimizers else {}
+        base, now = group.get("initial_lr", group.get("lr", math.nan)), group.get("lr", math.nan)
+        hint = (f"lower optimizer.lr (it is {base:.3g}; {now:.3g} at this step of the schedule) or clip "
+                "gradients (trainer.gradient_clip_val=1.0)")
+        if not math.isfinite(value):
+            raise Diverged(f"training diverged at step {step}: the loss is {value}; {hint}")
+        if self.first_loss is None:
+            self.first_loss = value
+        self.recent.append(value)
+        mean = sum(self.recent) / len(self.recent)
+        if len(self.recent) == self.window and mean > self.factor * self.first_loss:
+            raise Diverged(f"training diverged at step {step}: the mean loss of the last {self.window} steps is "
+                           f"{mean:.4g}, over {self.factor:g}x the first step's {self.first_loss:.4g}; {hint}")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"first_loss": self.first_loss}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.first_loss = state_dict.get("first_loss")
+
+
+class SafeStops(L.Callback):
+    """SIGTERM / SIGINT stop a run at the next batch boundary with a resumable checkpoint, and a checkpoint
+    every ``every_minutes`` bounds what a SIGKILL or a power cut can cost.
+
+    Checkpoints are written at the start of a training batch, when the previous batch is complete in
+    every piece of state (weights, optimiser, scheduler, loop progress, data position): resuming from
+    one gives exactly the run that was never stopped (the data loader skips the batches already seen,
+    see ``DistortedMNIST``). Lightning's own SIGTERM handling (stop, exit status 0, no checkpoint inside
+    an epoch) is replaced while training runs. A second SIGINT stops at once.
+    """
+
+    def __init__(self, every_minutes: float | None = 10.0, filename: str = "last.ckpt") -> None:
+        if every_minutes is not None and every_minutes < 0:
+            raise ValueError(f"checkpoint_minutes must be >= 0 (or null for never), got {every_minutes}")
+        self.every_seconds = None if every_minutes is None else 60.0 * every_minutes
+        self.filename = filename
+        self.signum: int | None = None
+        self._training = False
+        self._last_save = time.monotonic()
+        self._previous: dict[int, Any] = {}
+
+    # ---- signals ----------------------------------------------------------------------------------------
+    def install(self) -> None:
+        """Catch SIGTERM and SIGINT from now on (train() calls this before building anything)."""
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self._previous.setdefault(signum, signal.getsignal(signum))
+            signal.signal(signum, self._handle)
+
+    def uninstall(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        first = self.signum is None
+        self.signum = self.signum or signum
+        name = signal.Signals(signum).name
+        if self._training and first:
+            log.warning("Received %s: saving a checkpoint after the current batch, then stopping", name)
+            return
+        raise RunInterrupted(f"stopped by {name} before training could checkpoint", self.signum)
+
+    # ---- Lightning hooks --------------------------------------------------------------------------------
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.install()  # again: Lightning installed its own SIGTERM handler when fit() started
+        self._training = True
+        self._last_save = time.monotonic()
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._training = False
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._training = False
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        if self.signum is not None:
+            path = self.save(trainer)
+            name = signal.Signals(self.signum).name
+            raise RunInterrupted(f"stopped by {name} at step {trainer.global_step}; resumable checkpoint {path}",
+                                 self.signum)
+        if self.every_seconds is not None and time.monotonic() - self._last_save >= self.every_seconds:
+            self.save(trainer)
+
+    def save(self, trainer: L.Trainer) -> Path:
+        path = Path(trainer.default_root_dir) / "checkpoints" / self.filename
+        trainer.save_checkpoint(path)
+        self._last_save = time.monotonic()
+        log.info("Saved a resumable checkpoint at step %d: %s", trainer.global_step, path)
+        return path

@@ -22,14 +22,24 @@ from stnbench.build import (
     parameter_count,
     write_json,
 )
+from stnbench.errors import CheckpointError
 from stnbench.module import STNBenchModule
+from stnbench.run_folder import config_drift, remove_if_empty
 
 log = logging.getLogger("stnbench")
 
 
 def evaluate(cfg: DictConfig) -> dict:
+    if not cfg.get("ckpt_path"):
+        raise CheckpointError("no checkpoint to evaluate: pass ckpt_path=<run>/checkpoints/best.ckpt")
     checkpoint = load_checkpoint(cfg.ckpt_path)
     trained = OmegaConf.create(checkpoint[CONFIG_KEY])
+    if cfg.get("model") is not None:  # the model comes from the checkpoint; a different one is a mistake
+        drift = config_drift({"model": OmegaConf.to_container(trained.model)}, {"model": cfg.model})
+        if drift:
+            raise CheckpointError(f"checkpoint '{cfg.ckpt_path}' holds another model than the one given "
+                                  f"({'; '.join(drift[:4])}); stnbench-eval takes the model from the checkpoint: "
+                                  "drop the model override")
     # The checkpoint decides data and model; this machine decides where data and caches live.
     data_cfg = cfg.data if cfg.get("data") else trained.data
     data_cfg = OmegaConf.merge(data_cfg, {"root": cfg.paths.data_dir, "cache_dir": cfg.paths.cache_dir,
@@ -78,6 +88,9 @@ def main(cfg: DictConfig) -> None:
     try:
         evaluate(cfg)
     except USER_ERRORS as error:
+        run_dir = Path(cfg.paths.run_dir)
+        for folder in (run_dir, run_dir.parent, run_dir.parent.parent):  # the empty eval folders Hydra made
+            remove_if_empty(folder)
         raise SystemExit(f"stnbench-eval: error: {error}") from None
 
 

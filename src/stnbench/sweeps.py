@@ -1,35 +1,33 @@
-"""Resumable sweeps: skip finished runs, resume interrupted ones, record failures without stopping a sweep.
+"""Sweeps: every run's outcome is recorded, the sweep goes on past failures, and its exit code tells.
 
-A sweep's run folders are named by the runs' choices (``configs/hydra/default.yaml``), so running the same
-sweep command again finds the same folders. What each folder holds decides what happens:
-
-* ``results.json`` with ``status: finished`` and the same config  -> skipped (its results are returned);
-* ``checkpoints/last.ckpt`` but no finished results                -> resumed from that checkpoint;
-* nothing                                                          -> trained from scratch.
+A sweep's run folders are named by the runs' choices (``configs/hydra/default.yaml``), so running the
+same sweep command again finds the same folders; ``stnbench.run_folder`` decides per folder whether the
+run is skipped (finished), resumed (``checkpoints/last.ckpt``), trained from scratch, or refused (the
+folder holds another configuration's run). Each job appends its outcome to ``<sweep>/runs.jsonl``
+tagged with the invocation, so the summary at the end of a multirun counts exactly this invocation's
+runs, including refused ones that could not write into their folder. Any run that did not finish makes
+the multirun exit with status 1, after all the others ran; SIGTERM/SIGINT stop the sweep at once (the
+current run saves a resumable checkpoint) with exit status 128 + signal.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
+import os
 import traceback
+import uuid
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig
 
-from stnbench.build import key_choices, write_json
-from stnbench.data.distortions import ConfigError
+from stnbench.run_folder import read_results, write_json
 
 log = logging.getLogger("stnbench")
 
-# Keys that say where things are written or how a run is named, not what it computes.
-_UNHASHED = ("paths", "ckpt_path", "run_name", "sweep_name", "hydra", "logger", "callbacks")
-
-
-class RunFolderTaken(ConfigError):
-    """Two different configs map to one run folder: the older results must not be overwritten."""
+INVOCATION_ENV = "STNBENCH_SWEEP_INVOCATION"
+JOURNAL = "runs.jsonl"
 
 
 def is_multirun() -> bool:
@@ -39,75 +37,79 @@ def is_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def config_hash(cfg: DictConfig) -> str:
-    """A short hash of what the run computes, to tell a re-run of the same run from a name clash."""
-    content = OmegaConf.to_container(cfg, resolve=True)
-    for key in _UNHASHED:
-        content.pop(key, None)
-    for key in ("root", "cache_dir"):
-        content.get("data", {}).pop(key, None)
-    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def failure(cfg: DictConfig, error: BaseException) -> dict[str, Any]:
+    """The outcome of a run that failed: its folder, the error, and its choices when the config gives them."""
+    from stnbench.build import key_choices
 
-
-def read_results(run_dir: Path) -> dict | None:
-    try:
-        return json.loads((run_dir / "results.json").read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def finished_results(cfg: DictConfig) -> dict | None:
-    """The stored results if this exact run already finished in its folder, else None.
-
-    Only when no ``ckpt_path`` was given: asking to continue from a checkpoint means "train more"."""
-    if not cfg.get("skip_finished", True) or cfg.get("ckpt_path"):
-        return None
-    run_dir = Path(cfg.paths.run_dir)
-    stored = read_results(run_dir)
-    if not stored or stored.get("status") != "finished":
-        return None
-    if stored.get("config_hash") not in (None, config_hash(cfg)):
-        raise RunFolderTaken(
-            f"run folder '{run_dir}' already holds a finished run with a different configuration. "
-            "Runs of one sweep are named by their choices (run_name) plus their other overrides; "
-            "pick a new sweep_name=..., delete the folder, or add the differing key to run_name.")
-    log.info("Skipping finished run %s (delete its results.json to run it again)", run_dir)
-    return {**stored, "skipped": True}
-
-
-def with_resume_checkpoint(cfg: DictConfig) -> DictConfig:
-    """Point ``ckpt_path`` at the folder's ``last.ckpt`` when an earlier attempt was interrupted."""
-    if not cfg.get("skip_finished", True) or cfg.get("ckpt_path"):
-        return cfg
-    last = Path(cfg.paths.run_dir) / "checkpoints" / "last.ckpt"
-    if last.is_file():
-        log.info("Resuming unfinished run from %s", last)
-        with open_dict(cfg):
-            cfg.ckpt_path = str(last)
-    return cfg
-
-
-def record_failure(cfg: DictConfig, error: BaseException) -> dict:
-    """Write ``status: failed`` and the error into the run's results.json (and the traceback beside it)."""
-    run_dir = Path(cfg.paths.run_dir)
-    message = f"{type(error).__name__}: {error}"
-    results: dict[str, Any] = {"status": "failed", "error": message, "run_dir": str(run_dir)}
+    results: dict[str, Any] = {"status": "failed", "error": f"{type(error).__name__}: {error}",
+                               "run_dir": str(cfg.paths.run_dir)}
     try:
         results.update({f"choice/{key}": value for key, value in key_choices(cfg).items()})
-    except Exception:  # a broken config may not even give its choices
+    except Exception:  # noqa: BLE001 - a broken config may not even give its choices
         pass
-    if isinstance(error, RunFolderTaken):  # never overwrite the other run's results
-        log.error("Run failed: %s", message)
-        return results
-    write_json(run_dir / "results.json", results)
-    (run_dir / "error.log").write_text("".join(traceback.format_exception(error)))
-    log.error("Run failed (recorded in %s, the sweep goes on): %s", run_dir / "results.json", message)
     return results
 
 
+def record_failure(cfg: DictConfig, error: BaseException) -> dict[str, Any]:
+    """Write ``status: failed`` into the run's own results.json, and the traceback beside it as error.log."""
+    results = failure(cfg, error)
+    run_dir = Path(cfg.paths.run_dir)
+    write_json(run_dir / "results.json", results)
+    (run_dir / "error.log").write_text("".join(traceback.format_exception(error)))
+    log.error("Run failed (recorded in %s): %s", run_dir / "results.json", results["error"])
+    return results
+
+
+def _sweep_dir() -> Path:
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().sweep.dir)
+
+
+def journal(cfg: DictConfig, results: dict) -> None:
+    """Append this job's outcome to the sweep's runs.jsonl (one short line: appends do not interleave)."""
+    entry = {"invocation": os.environ.get(INVOCATION_ENV, "unknown"), "run_dir": str(cfg.paths.run_dir),
+             "status": results.get("status", "unknown"), "error": results.get("error")}
+    path = _sweep_dir() / JOURNAL
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        handle.write(json.dumps(entry) + "\n")
+
+
+def outcomes(sweep_dir: Path, invocation: str | None = None) -> list[dict]:
+    """The journal's entries (of one invocation), the last one per run folder."""
+    path = Path(sweep_dir) / JOURNAL
+    latest: dict[str, dict] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if invocation is None or entry.get("invocation") == invocation:
+                latest[entry.get("run_dir", "")] = entry
+    return list(latest.values())
+
+
+def sweep_summary(sweep_dir: Path | None = None, stopped_by: str | None = None) -> int:
+    """Log this invocation's runs that did not finish; returns how many."""
+    sweep_dir = sweep_dir or _sweep_dir()
+    entries = outcomes(sweep_dir, os.environ.get(INVOCATION_ENV))
+    bad = [e for e in entries if e.get("status") not in ("finished", None)]
+    for entry in bad:
+        log.error("%s %s: %s", entry["status"].upper(), entry["run_dir"], entry.get("error"))
+    if stopped_by:
+        log.error("Sweep %s stopped (%s) after %d run(s); run the same command again to resume it",
+                  sweep_dir, stopped_by, len(entries))
+    log.info("Sweep %s: %d run(s), %d did not finish. Summarise it with: stnbench-report %s",
+             sweep_dir, len(entries), len(bad), sweep_dir)
+    return len(bad)
+
+
 def failed_runs(sweep_dir: Path) -> list[tuple[Path, str]]:
+    """Run folders under ``sweep_dir`` whose results.json says they did not finish."""
     return [(path.parent, results.get("error", "?")) for path in sorted(Path(sweep_dir).rglob("results.json"))
-            if (results := read_results(path.parent)) and results.get("status") == "failed"]
+            if (results := read_results(path.parent)) and results.get("status") != "finished"]
 
 
 try:  # Hydra callbacks are optional at import time (the report uses this module without Hydra running)
@@ -117,12 +119,12 @@ except ImportError:  # pragma: no cover
 
 
 class SweepSummary(Callback):
-    """At the end of a multirun, list the runs that failed (each is recorded in its results.json)."""
+    """Tags the jobs of this multirun invocation; at its end lists the runs that did not finish and makes
+    the process exit with status 1 if there were any."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        os.environ[INVOCATION_ENV] = uuid.uuid4().hex  # inherited by launcher workers started after this
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep_dir = Path(config.hydra.sweep.dir)
-        failures = failed_runs(sweep_dir)
-        for run_dir, error in failures:
-            log.error("FAILED %s: %s", run_dir, error)
-        log.info("Sweep %s: %d failed run(s). Summarise it with: stnbench-report %s",
-                 sweep_dir, len(failures), sweep_dir)
+        if sweep_summary(Path(config.hydra.sweep.dir)):
+            raise SystemExit(1)

@@ -1,30 +1,39 @@
-"""stnbench-train: fit a model on a distorted-MNIST benchmark, test its best checkpoint, write results.json."""
+"""stnbench-train: fit a model on a distorted-MNIST benchmark, test its best checkpoint, write results.json.
+
+How a run ends, in results.json ``status`` and the exit code (a sweep records each and goes on, then
+exits non-zero if any of its runs did not finish):
+
+| status        | exit | when                                                                           |
+| ------------- | ---- | ------------------------------------------------------------------------------ |
+| finished      | 0    | trained (at least one optimiser step, finite loss) and tested                  |
+| failed        | 1    | bad input (one-line message, no folder left behind) or a crash (error.log)     |
+| diverged      | 3    | the training loss became NaN/inf or exploded (stnbench.callbacks.DivergenceGuard) |
+| no_training   | 4    | training ended without a single optimiser step                                 |
+| interrupted   | 128+signal (143 SIGTERM, 130 SIGINT) | stopped with a resumable checkpoint; run it again to resume |
+"""
 
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from pathlib import Path
 
 import hydra
-import lightning as L
-from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig
 
-from stnbench.build import (
-    USER_ERRORS,
-    build_datamodule,
-    build_module,
-    build_trainer,
-    check_checkpoint_fits,
-    check_config,
-    instantiate_group,
-    key_choices,
-    load_checkpoint,
-    parameter_count,
+from stnbench.errors import USER_ERRORS, NoTraining, RunEnded, RunInterrupted
+from stnbench.run_folder import (
+    computed_config,
+    config_hash,
+    open_run_folder,
+    point_run_at,
+    remove_if_empty,
+    save_run_record,
+    stored_config,
     write_json,
 )
-from stnbench.sweeps import config_hash, finished_results, is_multirun, record_failure, with_resume_checkpoint
+from stnbench.sweeps import failure, is_multirun, journal, record_failure, sweep_summary
 
 log = logging.getLogger("stnbench")
 
@@ -32,79 +41,151 @@ log = logging.getLogger("stnbench")
 def train(cfg: DictConfig) -> dict:
     """Everything a run does, as one plain function (tests call it with a composed config).
 
-    In a folder that already holds this run: returns its results if it finished, else resumes from its
-    ``checkpoints/last.ckpt`` (``skip_finished=false`` turns both off)."""
+    In a folder that already holds this run (a sweep re-run): returns its results if it finished, else
+    resumes from its ``checkpoints/last.ckpt`` (``skip_finished=false`` turns both off)."""
+    from stnbench.build import check_config
+
     check_config(cfg)
-    done = finished_results(cfg)
-    if done is not None:
-        return done
-    cfg = with_resume_checkpoint(cfg)
-    L.seed_everything(cfg.seed, workers=True)
-    datamodule = build_datamodule(cfg.data)
-    module = build_module(cfg, datamodule)
-    if cfg.get("ckpt_path"):
-        check_checkpoint_fits(load_checkpoint(cfg.ckpt_path), cfg, cfg.ckpt_path)
+    run = open_run_folder(cfg, new_run=not is_multirun() and not cfg.get("ckpt_path"))
+    try:
+        if run.finished is not None:
+            log.info("Skipping finished run %s (delete its results.json to run it again)", run.path)
+            return run.finished
+        point_run_at(cfg, run)
+        if stored_config(run.path) is None:
+            save_run_record(cfg)
+        if run.resume_from:
+            log.info("Resuming unfinished run from %s", run.resume_from)
+        try:
+            return _fit_and_test(cfg)
+        except RunEnded:
+            raise  # its results.json is written
+        except Exception as error:  # a crash or bad input found while building: recorded in the run's folder
+            record_failure(cfg, error)
+            raise
+    finally:
+        run.release()
+
+
+def _fit_and_test(cfg: DictConfig) -> dict:
+    import lightning as L
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from stnbench.build import (
+        build_datamodule,
+        build_module,
+        build_trainer,
+        instantiate_group,
+        key_choices,
+        parameter_count,
+    )
+    from stnbench.callbacks import DivergenceGuard, SafeStops
 
     run_dir = Path(cfg.paths.run_dir)
-    loggers = instantiate_group(cfg.get("logger"), "logger")
-    callbacks = instantiate_group(cfg.get("callbacks"), "callbacks")
-    trainer = build_trainer(cfg.trainer, loggers, callbacks)
-    choices = key_choices(cfg)
-    parameters = parameter_count(module.model)
-    for logger in loggers:  # TensorBoard's HParams tab: one row per run, its choices beside its final metrics
-        if isinstance(logger, TensorBoardLogger):
-            logger.log_hyperparams({**choices, "parameters": parameters},
-                                   metrics={"hp/val_err_best": 100.0, "hp/test_err": 100.0})
-        else:
-            logger.log_hyperparams({**choices, "parameters": parameters})
-
+    stops = SafeStops(cfg.get("checkpoint_minutes"))
+    stops.install()
+    results: dict = {"run_dir": str(run_dir), "status": "failed"}
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    fit_seconds = time.perf_counter() - start
-    results = {
-        **{f"choice/{key}": value for key, value in choices.items()},
-        "parameters": parameters,
-        "fit_seconds": round(fit_seconds, 1),
-        "epochs": trainer.current_epoch,
-        "global_step": trainer.global_step,
-        "val/err_best": _metric(trainer, "val/err_best"),
-        "run_dir": str(run_dir),
-        "status": "finished",
-        "config_hash": config_hash(cfg),
-    }
-    if cfg.get("ckpt_path"):
-        results["resumed_from"] = str(cfg.ckpt_path)
-    if any(getattr(callback, "pruned", False) for callback in callbacks):
-        results["pruned"] = True  # stopped early by the Optuna pruner (see stnbench.optuna_pruning)
-    if cfg.get("test_after_fit") and not trainer.fast_dev_run:
-        checkpoint = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        tested = trainer.test(module, datamodule=datamodule, ckpt_path=checkpoint or None, weights_only=False)
-        results.update({key: float(value) for key, value in tested[0].items() if not key.startswith("hp/")})
-        results["tested_checkpoint"] = checkpoint or "final weights"
-    results["wall_seconds"] = round(time.perf_counter() - start, 1)
-    if trainer.is_global_zero:
-        write_json(run_dir / "results.json", results)
-        log.info("Results: %s", {k: v for k, v in results.items() if "/err" in k})
+    trainer = None
+    try:
+        L.seed_everything(cfg.seed, workers=True)
+        datamodule = build_datamodule(cfg.data)
+        module = build_module(cfg, datamodule)
+        loggers = instantiate_group(cfg.get("logger"), "logger")
+        callbacks = instantiate_group(cfg.get("callbacks"), "callbacks")
+        callbacks += [stops, DivergenceGuard(**cfg.get("divergence", {}))]
+        trainer = build_trainer(cfg.trainer, loggers, callbacks)
+        choices = key_choices(cfg)
+        parameters = parameter_count(module.model)
+        for logger in loggers:  # TensorBoard's HParams tab: one row per run, its choices beside its final metrics
+            if isinstance(logger, TensorBoardLogger):
+                logger.log_hyperparams({**choices, "parameters": parameters},
+                                       metrics={"hp/val_err_best": 100.0, "hp/test_err": 100.0})
+            else:
+                logger.log_hyperparams({**choices, "parameters": parameters})
+        results.update({
+            **{f"choice/{key}": value for key, value in choices.items()},
+            "parameters": parameters,
+            "config": computed_config(cfg),
+            "config_hash": config_hash(cfg),
+            "configuration_hash": config_hash(cfg, without=("seed",)),
+        })
+        if cfg.get("ckpt_path"):
+            results["resumed_from"] = str(cfg.ckpt_path)
+
+        start = time.perf_counter()
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        except SIGTERMException:  # Lightning's own stop (a SIGTERM before our handler was back in place)
+            raise RunInterrupted("stopped by SIGTERM", 15) from None
+        results.update(_progress(trainer, module, start))
+        if stops.signum is not None:
+            raise RunInterrupted("stopped by a signal after training; run again to test", stops.signum)
+        if trainer.global_step == 0:
+            raise NoTraining("training ended without a single optimiser step (trainer.limit_train_batches, "
+                             "trainer.max_steps or data.batch_size leave no batch to train on?); nothing to report")
+        if any(getattr(callback, "pruned", False) for callback in callbacks):
+            results["pruned"] = True  # stopped early by the Optuna pruner (see stnbench.optuna_pruning)
+        if cfg.get("test_after_fit") and not trainer.fast_dev_run:
+            checkpoint = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+            tested = trainer.test(module, datamodule=datamodule, ckpt_path=checkpoint or None, weights_only=False)
+            results.update({key: float(value) for key, value in tested[0].items() if not key.startswith("hp/")})
+            results["tested_checkpoint"] = checkpoint or "final weights"
+        results["status"] = "finished"
+    except RunEnded as ended:
+        if trainer is not None:
+            results.update(_progress(trainer, module, start))
+        results.update({"status": ended.status, "error": str(ended)})
+        raise
+    finally:
+        stops.uninstall()
+        results["wall_seconds"] = round(time.perf_counter() - start, 1)
+        if results.get("status") != "failed" and (trainer is None or trainer.is_global_zero):
+            write_json(run_dir / "results.json", results)
+    log.info("Results: %s", {k: v for k, v in results.items() if "/err" in k})
     return results
 
 
-def _metric(trainer: L.Trainer, name: str) -> float | None:
-    value = trainer.callback_metrics.get(name)
-    return None if value is None else float(value)
+def _progress(trainer, module, start: float) -> dict:
+    """Where training got to; ``val/err_best`` from the module's persisted best (also right after a resume
+    of a run whose training had already finished, where Lightning's callback metrics are empty)."""
+    best = float(getattr(module.val_err_best, module.val_err_best.state_name))  # inf: never validated
+    return {"fit_seconds": round(time.perf_counter() - start, 1), "epochs": trainer.current_epoch,
+            "global_step": trainer.global_step, "val/err_best": best}
+
+
+def _fail(message: str, code: int) -> None:
+    if code == 1:
+        raise SystemExit(message)  # Python prints it to stderr and exits with status 1
+    print(message, file=sys.stderr)
+    raise SystemExit(code)
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    sweep = is_multirun()
     try:
         results = train(cfg)
     except USER_ERRORS as error:
-        if not is_multirun():
-            raise SystemExit(f"stnbench-train: error: {error}") from None
-        results = record_failure(cfg, error)  # one bad run of a sweep must not stop the others
+        remove_if_empty(cfg.paths.run_dir)
+        if not sweep:
+            _fail(f"stnbench-train: error: {error}", 1)
+        results = failure(cfg, error)  # one bad run of a sweep must not stop the others
+    except RunEnded as ended:
+        if not sweep:
+            _fail(f"stnbench-train: {ended.status}: {ended}", ended.exit_code)
+        results = {"status": ended.status, "error": str(ended), "run_dir": str(cfg.paths.run_dir)}
+        if isinstance(ended, RunInterrupted):  # the sweep stops here; running it again resumes it
+            journal(cfg, results)
+            sweep_summary(stopped_by=str(ended))
+            raise SystemExit(ended.exit_code) from None
     except Exception as error:
-        if not is_multirun():
+        if not sweep:
             raise
-        results = record_failure(cfg, error)
+        results = failure(cfg, error)
+    if sweep:
+        journal(cfg, results)
     return results.get("val/err_best")  # the objective of hyper-parameter searches
 
 
