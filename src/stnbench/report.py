@@ -1,8 +1,12 @@
 """stnbench-report: one table for a sweep folder (or all of outputs/), beside the papers' numbers.
 
-Every run folder holds ``results.json`` (written by stnbench-train, also for failed runs of a sweep) and
-``.hydra/config.yaml``. Finished runs are grouped by (data, model[-transform]); the table gives mean ± std
-of the test error over seeds, the published error and our difference to it, parameters and training time.
+Every run folder holds ``results.json`` (written by stnbench-train, also for runs that failed, diverged or
+were interrupted) with the run's computed config. The table's unit is a *configuration*: finished runs
+are grouped by everything they compute except the seed, so runs that differ in learning rate, budget,
+schedule or distortion are never averaged together. Each row is named by its data and model choices plus
+the config keys that tell it apart from rows of the same data and model; it gives mean ± std of the test
+error over seeds (a seed run twice is flagged), the published error and our difference to it (only where
+the row's data setting is the paper's: otherwise "not comparable" and why), parameters and training time.
 Written as report.md, report.csv, test_error.png and val_error.png into the folder, and printed.
 """
 
@@ -17,9 +21,12 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from stnbench.published import lookup
+from stnbench.run_folder import flatten
 
-COLUMNS = ["data", "model", "runs", "seeds", "test_err_mean", "test_err_std", "digit_err_mean",
-           "published_err", "published_metric", "diff", "parameters", "fit_seconds_mean", "steps"]
+COLUMNS = ["data", "model", "configuration", "runs", "seeds", "repeats", "test_err_mean", "test_err_std",
+           "digit_err_mean", "published_err", "published_metric", "diff", "comparable", "parameters",
+           "fit_seconds_mean", "steps"]
+SHIPPED_DATA = Path(__file__).resolve().parent / "configs" / "data"
 
 
 def _missing(value) -> bool:
@@ -37,11 +44,17 @@ def _is_training_run(config_path: Path) -> bool:
         return True
 
 
+def _started(config_path: Path) -> bool:
+    """A training run that got as far as logging (a folder only ever claimed by a refused command has not)."""
+    folder = config_path.parent.parent
+    return _is_training_run(config_path) and ((folder / "train.log").is_file() or (folder / "checkpoints").is_dir())
+
+
 def _run_rows(root: Path) -> list[dict]:
     """One row per run folder: those with results.json, and interrupted ones (a .hydra folder, no results)."""
     folders = {path.parent for path in root.rglob("results.json")}
     # Training runs that never wrote results; eval and gallery runs (task_name eval/gallery) are not runs.
-    folders |= {path.parent.parent for path in root.rglob(".hydra/config.yaml") if _is_training_run(path)}
+    folders |= {path.parent.parent for path in root.rglob(".hydra/config.yaml") if _started(path)}
     rows = []
     for folder in sorted(folders):
         try:
@@ -64,6 +77,7 @@ def _run_rows(root: Path) -> list[dict]:
             "parameters": results.get("parameters"),
             "fit_seconds": results.get("fit_seconds"),
             "steps": results.get("global_step"),
+            "config": results.get("config"),
         })
     return rows
 
@@ -73,39 +87,104 @@ def collect(root: str | Path) -> pd.DataFrame:
     rows = _run_rows(Path(root))
     frame = pd.DataFrame(rows, columns=["run_dir", "data", "model", "transform", "seed", "status", "error",
                                         "test_err", "digit_err", "val_err_best", "parameters", "fit_seconds",
-                                        "steps"])
+                                        "steps", "config"])
     frame["label"] = [model_label(m, t) for m, t in zip(frame["model"], frame["transform"], strict=True)]
+    frame["configuration"] = [configuration_key(row) for row in frame.itertuples()]
     return frame
+
+
+def _without_seed(config: dict) -> dict:
+    flat = flatten(config)
+    return {key: value for key, value in flat.items() if key != "seed" and key != "data.seed"}
+
+
+def configuration_key(row) -> str:
+    """What a run computes except its seed; runs written before results.json carried their config are
+    keyed by their choices and folder, so they are never merged with anything."""
+    if isinstance(row.config, dict):
+        return json.dumps(_without_seed(row.config), sort_keys=True, default=str)
+    return json.dumps({"legacy run": row.run_dir})
+
+
+def _distinguishing(groups: list[dict[str, object]]) -> list[str]:
+    """Config keys whose values differ between the given configurations (flattened dicts)."""
+    keys = set().union(*groups) if groups else set()
+    missing = object()
+    return sorted(key for key in keys if len({json.dumps(g.get(key, missing), default=str) for g in groups}) > 1)
+
+
+def paper_setting_differences(data: str | None, config: dict | None) -> list[str]:
+    """``key=value (paper: value)`` for each distortion parameter of the run that is not the shipped
+    default of its ``data=`` option (the defaults are the papers' settings, see docs/datasets.md)."""
+    shipped = SHIPPED_DATA / f"{data}.yaml"
+    if not isinstance(config, dict) or not shipped.is_file():
+        return ["no stored config" if not isinstance(config, dict) else f"no shipped data option '{data}'"]
+    paper = OmegaConf.to_container(OmegaConf.load(shipped).get("distortion") or {}, resolve=False)
+    ours = ((config.get("data") or {}).get("distortion")) or {}
+    return [f"data.distortion.{key}={ours.get(key)} (paper: {value})"
+            for key, value in flatten(paper).items() if flatten(ours).get(key) != value]
 
 
 def _round(value, digits: int = 2):
     return None if _missing(value) else round(float(value), digits)
 
 
+def _finished(runs: pd.DataFrame) -> pd.DataFrame:
+    return runs[(runs["status"] == "finished") & runs["test_err"].notna()]
+
+
+def configuration_names(runs: pd.DataFrame) -> dict[tuple[str, str, str], str]:
+    """(data, model label, configuration key) -> the keys that tell this configuration apart from the
+    others of the same data and model, as ``key=value, ...`` (empty when it is the only one)."""
+    by_choice: dict[tuple, list[str]] = {}
+    for data, label, key in _finished(runs)[["data", "label", "configuration"]].drop_duplicates().itertuples(
+            index=False):
+        by_choice.setdefault((data, label), []).append(key)
+    names = {}
+    for (data, label), keys in by_choice.items():
+        configs = [json.loads(key) for key in keys]
+        shown = _distinguishing(configs)
+        for key, config in zip(keys, configs, strict=True):
+            names[(data, label, key)] = ", ".join(f"{k}={config.get(k)}" for k in shown)
+    return names
+
+
+def row_name(label: str, configuration: str) -> str:
+    return f"{label} ({configuration})" if configuration else label
+
+
 def summarise(runs: pd.DataFrame) -> pd.DataFrame:
-    """Mean ± std over seeds of finished runs, per (data, model[-transform]), with the published number."""
-    finished = runs[(runs["status"] == "finished") & runs["test_err"].notna()]
+    """Mean ± std over seeds of finished runs, one row per configuration, with the published number."""
+    names = configuration_names(runs)
     rows = []
-    for (data, label), group in finished.groupby(["data", "label"], sort=True):
+    for (data, label, key), group in _finished(runs).groupby(["data", "label", "configuration"], sort=True):
         first = group.iloc[0]
         transform = None if _missing(first["transform"]) else first["transform"]
         published = lookup(data, first["model"], transform)
+        differences = paper_setting_differences(data, first["config"]) if published else []
         ours = group["test_err"].mean()
         if published is not None and published.metric == "test/digit_err":
             ours_for_diff = group["digit_err"].mean()
         else:
             ours_for_diff = ours
+        seeds = group["seed"].dropna().tolist()
+        repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+        comparable = published is not None and not differences
         rows.append({
             "data": data,
             "model": label,
+            "configuration": names[(data, label, key)],
             "runs": len(group),
-            "seeds": ",".join(str(s) for s in sorted(group["seed"].dropna().unique())),
+            "seeds": len(set(seeds)),
+            "repeats": ", ".join(f"seed {s} x{seeds.count(s)}" for s in repeated),
             "test_err_mean": _round(ours),
             "test_err_std": _round(group["test_err"].std(ddof=1)) if len(group) > 1 else None,
             "digit_err_mean": _round(group["digit_err"].mean()) if group["digit_err"].notna().any() else None,
-            "published_err": published.err if published else None,
-            "published_metric": published.metric if published else None,
-            "diff": _round(ours_for_diff - published.err) if published else None,
+            "published_err": published.err if comparable else None,
+            "published_metric": published.metric if comparable else None,
+            "diff": _round(ours_for_diff - published.err) if comparable else None,
+            "comparable": ("yes" if comparable else "not comparable: " + "; ".join(differences)) if published
+            else "",
             "parameters": int(first["parameters"]) if pd.notna(first["parameters"]) else None,
             "fit_seconds_mean": _round(group["fit_seconds"].mean(), 1),
             "steps": int(group["steps"].max()) if group["steps"].notna().any() else None,
@@ -128,13 +207,16 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
     shown = pd.DataFrame({
         "data": table["data"],
         "model": table["model"],
+        "configuration": [_cell(v) for v in table["configuration"]],
         "runs": table["runs"],
+        "seeds": [f"{n}" + (f" ({r})" if r else "") for n, r in zip(table["seeds"], table["repeats"], strict=True)],
         "test err % (mean ± std)": [f"{m:.2f}" + ("" if _missing(s) else f" ± {s:.2f}") for m, s
                                     in zip(table["test_err_mean"], table["test_err_std"], strict=True)],
         "digit err %": [_cell(v) for v in table["digit_err_mean"]],
         "published %": [_cell(v) + (" (digit)" if m == "test/digit_err" else "")
                         for v, m in zip(table["published_err"], table["published_metric"], strict=True)],
-        "diff": [_cell(v) for v in table["diff"]],
+        "diff": [_cell(v) if c in ("yes", "") else c for v, c in zip(table["diff"], table["comparable"],
+                                                                       strict=True)],
         "parameters": ["" if _missing(v) else f"{int(v):,}" for v in table["parameters"]],
         "fit s": [_cell(v) for v in table["fit_seconds_mean"]],
         "steps": [_cell(v) for v in table["steps"]],
@@ -150,7 +232,10 @@ def to_markdown(table: pd.DataFrame, failed: pd.DataFrame, root: Path) -> str:
         lines.append("No finished runs.")
     else:
         lines.append(display_table(table).to_markdown(index=False))
-    lines += ["", "`diff` = ours − published (percentage points; negative is better than the paper). "
+    lines += ["", "One row per configuration (everything a run computes except its seed); `configuration` names the "
+              "keys that tell rows of the same data and model apart. A published number and `diff` appear only "
+              "where the row's data setting is the paper's; otherwise `diff` says why it is not comparable.",
+              "", "`diff` = ours − published (percentage points; negative is better than the paper). "
               "Published numbers: " + JADERBERG + "; " + SONDERBY + " (compared with our digit error).", ""]
     if not failed.empty:
         lines += ["## Runs that did not finish", ""]
@@ -166,11 +251,12 @@ def plot_test_error(table: pd.DataFrame, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    datasets, models = list(dict.fromkeys(table["data"])), list(dict.fromkeys(table["model"]))
+    table = table.assign(name=[row_name(m, c) for m, c in zip(table["model"], table["configuration"], strict=True)])
+    datasets, models = list(dict.fromkeys(table["data"])), list(dict.fromkeys(table["name"]))
     width = 0.8 / max(1, len(models))
     fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(datasets) * max(1, len(models)) ** 0.5), 4))
     for i, model in enumerate(models):
-        rows = table[table["model"] == model].set_index("data")
+        rows = table[table["name"] == model].set_index("data")
         xs = [d + (i - (len(models) - 1) / 2) * width for d in range(len(datasets))]
         means = [rows["test_err_mean"].get(d, float("nan")) for d in datasets]
         stds = [rows["test_err_std"].get(d) for d in datasets]
@@ -215,7 +301,10 @@ def plot_validation(runs: pd.DataFrame, path: Path) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    finished = runs[runs["status"] == "finished"]
+    names = configuration_names(runs)
+    finished = _finished(runs)
+    finished = finished.assign(label=[row_name(r.label, names[(r.data, r.label, r.configuration)])
+                                      for r in finished.itertuples()])
     datasets = list(dict.fromkeys(finished["data"]))
     panels = max(1, len(datasets))
     fig, axes = plt.subplots(1, panels, figsize=(4.5 * panels, 3.5), squeeze=False)
