@@ -256,3 +256,34 @@ def test_eval_refuses_a_model_that_is_not_the_checkpoints(tmp_path, cache_dir):
                          config_name="eval", run_dir=tmp_path / "eval", cache=cache_dir)
     with pytest.raises(CheckpointError, match="holds another model than the one given"):
         evaluate(cfg)
+
+
+def test_sigterm_stops_a_multirun_non_zero_and_a_re_run_resumes_it(tmp_path, cache_dir):
+    args = ["-m", "data=rotated", "model=cnn", "seed=1,2", "sweep_name=stopped", "checkpoint_minutes=0", *TINY[:-1],
+            "trainer.max_epochs=1", "trainer.limit_train_batches=30", "data.batch_size=32"]
+    process = _start(args, tmp_path, cache_dir)
+    sweep = tmp_path / "multirun" / "stopped"
+    _wait_for(lambda: any(_checkpoint_step(p) >= 2 for p in sweep.glob("*/checkpoints/last.ckpt"))
+              or process.poll() is not None)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=240)
+    assert process.returncode == 143, stderr[-2000:]
+    assert "stopped (stopped by SIGTERM" in stdout + stderr  # the summary says so and how to resume
+    results = [json.loads(p.read_text()) for p in sweep.glob("*/results.json")]
+    assert [r["status"] for r in results] == ["interrupted"]  # the second run never started
+
+    again = stnbench_train(args, tmp_path, cache_dir)  # the same command
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert sorted(json.loads(p.read_text())["status"] for p in sweep.glob("*/results.json")) == ["finished"] * 2
+
+
+def test_the_sweep_summary_counts_refused_runs_of_this_invocation_only(tmp_path, monkeypatch):
+    from stnbench.sweeps import INVOCATION_ENV, JOURNAL, sweep_summary
+
+    lines = [{"invocation": "old", "run_dir": "a", "status": "failed", "error": "x"},
+             {"invocation": "now", "run_dir": "a", "status": "finished", "error": None},
+             {"invocation": "now", "run_dir": "b", "status": "failed", "error": "RunFolderTaken: ..."},
+             {"invocation": "now", "run_dir": "c", "status": "diverged", "error": "training diverged"}]
+    (tmp_path / JOURNAL).write_text("".join(json.dumps(line) + "\n" for line in lines))
+    monkeypatch.setenv(INVOCATION_ENV, "now")
+    assert sweep_summary(tmp_path) == 2
