@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 # (schedule=paper, debug=limit, optimizer.lr=...) is appended, so it can never reuse another run's folder.
 NAMED_KEYS = {"data", "model", "model/transform", "seed", "experiment", "sweep_name", "hparams_search",
               "optuna_trials", "logger", "callbacks", "trainer", "hydra/launcher", "run_name",
-              "skip_finished"}
+              "skip_finished", "checkpoint_minutes"}
 MAX_TAG = 48
 IGNORED_PREFIXES = ("hydra.", "hydra/", "paths.", "+paths.", "logger.", "callbacks.")
 
