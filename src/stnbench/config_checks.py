@@ -29,15 +29,22 @@ _ANY = object()  # "cannot check this hint": the value is accepted
 
 
 def check_config(cfg: DictConfig) -> None:
-    """Raise ``ConfigError`` naming the key, the value and what was expected, for the first bad value."""
+    """Raise ``ConfigError`` naming the key, the value and what was expected, for the first bad value.
+
+    Cheap rules first (they need no import); the type hints of the targets come last, since reading them
+    imports the targets' modules (torch, Lightning: seconds)."""
     for key, expected in TOP_LEVEL.items():
         if key in cfg:
             _check_value(key, cfg[key], expected)
+    _check_values(cfg)
+    for section in CHECKED_SECTIONS:
+        node = cfg.get(section)
+        if isinstance(node, DictConfig):
+            _check_finite(section, node)
     for section in CHECKED_SECTIONS:
         node = cfg.get(section)
         if isinstance(node, DictConfig):
             _check_node(section, node)
-    _check_values(cfg)
 
 
 # ---- types ----------------------------------------------------------------------------------------------
@@ -83,6 +90,17 @@ def _check_value(where: str, value: Any, hint: Any) -> None:
     if not _matches(value, hint):
         raise ConfigError(f"{where}={_show(value)} has the wrong type: expected {_describe(hint)}, "
                           f"got {type(value).__name__}")
+
+
+def _check_finite(path: str, node: DictConfig) -> None:
+    for key in node:
+        if OmegaConf.is_missing(node, key):
+            continue
+        value = node[key]
+        if isinstance(value, DictConfig):
+            _check_finite(f"{path}.{key}", value)
+        else:
+            _check_scalar(f"{path}.{key}", value)
 
 
 def _check_scalar(where: str, value: Any) -> None:
@@ -161,22 +179,29 @@ def _show(value: Any) -> str:
 
 
 # ---- impossible values that types cannot express ----------------------------------------------------------
+def _number(value: Any) -> bool:
+    """Value rules apply to numbers; anything else is left to the type checks, which name the type."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _check_values(cfg: DictConfig) -> None:
     data = cfg.get("data") or {}
     for key in ("batch_size", "eval_batch_size"):
         value = data.get(key)
-        if value is not None and value <= 0:
+        if _number(value) and value <= 0:
             raise ConfigError(f"data.{key} must be a positive integer, got {value}")
     optimizer = cfg.get("optimizer")
-    if optimizer is not None and (optimizer.get("lr") is None or optimizer.lr <= 0):
-        raise ConfigError(f"optimizer.lr must be positive, got {optimizer.get('lr')}")
+    if optimizer is not None:
+        lr = optimizer.get("lr")
+        if lr is None or (_number(lr) and lr <= 0):
+            raise ConfigError(f"optimizer.lr must be positive, got {lr}")
     trainer = cfg.get("trainer") or {}
     max_epochs = trainer.get("max_epochs")
-    if max_epochs is not None and (max_epochs == 0 or max_epochs < -1):
+    if _number(max_epochs) and (max_epochs == 0 or max_epochs < -1):
         raise ConfigError(f"trainer.max_epochs must be positive (or -1 for no limit), got {max_epochs}")
     if trainer.get("overfit_batches"):
         raise ConfigError("trainer.overfit_batches is not supported (Lightning would replace stnbench's batch "
                           "sampler and train on nothing); use debug=overfit or data.overfit_batches=N")
     multiplier = (cfg.get("model") or {}).get("loc_lr_multiplier")
-    if multiplier is not None and multiplier < 0:
+    if _number(multiplier) and multiplier < 0:
         raise ConfigError(f"model.loc_lr_multiplier must be >= 0, got {multiplier}")

@@ -22,6 +22,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from stnbench.config_checks import check_config
 from stnbench.errors import USER_ERRORS, NoTraining, RunEnded, RunInterrupted
 from stnbench.run_folder import (
     computed_config,
@@ -43,8 +44,6 @@ def train(cfg: DictConfig) -> dict:
 
     In a folder that already holds this run (a sweep re-run): returns its results if it finished, else
     resumes from its ``checkpoints/last.ckpt`` (``skip_finished=false`` turns both off)."""
-    from stnbench.build import check_config
-
     check_config(cfg)
     run = open_run_folder(cfg, new_run=not is_multirun() and not cfg.get("ckpt_path"))
     try:
