@@ -1,0 +1,202 @@
+"""How close does training get to this machine's peak, and what does the framework cost? For every model on
+its usual dataset, in one process:
+
+* img/s of a plain PyTorch loop (render the batch with the data module, forward, backward, Adam step),
+  the same loop in variants (``channels_last``, a fused Adam), and of ``stnbench-train``'s own loop
+  (Lightning, start-up and validation excluded: timed from batch start to batch start);
+* MFLOP per image (forward + backward, torch's FlopCounterMode) and the share of a matmul peak measured
+  in the same process (fp32 2048x2048 ``torch.mm``);
+* framework / plain: the price of Lightning, logging and callbacks per batch.
+
+    STNBENCH_DATA_DIR=/path/to/data python scripts/bench_train.py --threads 2
+    python scripts/bench_train.py --models st_cnn --steps 40        # one model
+
+Run it on a quiet machine (``uptime``): the ratios are meaningful under load, absolute numbers are not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+from torch.utils.flop_counter import FlopCounterMode
+
+from stnbench.build import build_datamodule, build_model, build_module, build_trainer
+from stnbench.data.datamodule import derive_seed
+from stnbench.module import step_logits
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+# model option -> (data option, extra overrides): each model on the dataset it is usually run on
+MODELS = {
+    "fcn": ("rts", []),
+    "cnn": ("rts", []),
+    "st_fcn": ("rts", []),
+    "st_cnn": ("rts", []),
+    "rnn_stn": ("multi_digit", ["data.distortion.num_digits=2", "data.distortion.canvas_size=60",
+                                "data.distortion.num_distractors=4"]),
+    "recurrent_stn": ("multi_digit", ["data.distortion.num_digits=2", "data.distortion.canvas_size=60",
+                                      "data.distortion.num_distractors=4"]),
+}
+
+
+def matmul_peak(seconds: float = 2.0, size: int = 2048) -> float:
+    """fp32 GFLOP/s of a large matrix product with the current thread count."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        torch.mm(a, b)
+        count += 1
+    return 2 * size**3 * count / (time.perf_counter() - start) / 1e9
+
+
+def compose_cfg(model: str, batch_size: int, cache_dir: str):
+    data, extra = MODELS[model]
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"data={data}", f"model={model}", *extra],
+                      return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)  # as @hydra.main does: the run's name resolves
+    with open_dict(cfg):
+        del cfg["hydra"]
+        cfg.data.root, cfg.data.cache_dir = cfg.paths.data_dir, cache_dir
+        cfg.data.batch_size = batch_size
+        cfg.data.num_val = 1000
+        cfg.paths.run_dir = tempfile.mkdtemp(prefix="bench_train_")
+    return cfg
+
+
+def loss_of(model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    logits = step_logits(model(images), targets)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
+def plain_loop(model: torch.nn.Module, batch: Callable[[int], tuple], steps: int, channels_last: bool = False,
+               fused: bool = False) -> float:
+    """img/s of render + forward + backward + Adam step, after 3 warm-up steps."""
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=fused or None)
+    images_per_step = 0
+
+    def step(number: int) -> None:
+        nonlocal images_per_step
+        images, targets = batch(number)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        optimizer.zero_grad(set_to_none=True)
+        loss_of(model, images, targets).backward()
+        optimizer.step()
+        images_per_step = len(images)
+
+    for number in range(3):
+        step(number)
+    start = time.perf_counter()
+    for number in range(steps):
+        step(3 + number)
+    return steps * images_per_step / (time.perf_counter() - start)
+
+
+class BatchTimer:
+    """Wall time from one training batch's start to the next's: the steady state, without start-up or
+    validation (Lightning runs no validation here)."""
+
+    def __init__(self) -> None:
+        self.starts: list[float] = []
+
+    def on_train_batch_start(self, *args) -> None:
+        self.starts.append(time.perf_counter())
+
+
+def framework_loop(cfg, steps: int) -> float:
+    """img/s of stnbench's own training loop (Lightning + the LightningModule + default callbacks)."""
+    import lightning as L
+
+    datamodule = build_datamodule(cfg.data)
+    module = build_module(cfg, datamodule)
+    timer = BatchTimer()
+    callback = type("Timer", (L.Callback,), {"on_train_batch_start": timer.on_train_batch_start})()
+    with open_dict(cfg):
+        cfg.trainer.max_epochs = 1
+        cfg.trainer.limit_train_batches = steps + 4
+        cfg.trainer.limit_val_batches = 0
+        cfg.trainer.enable_progress_bar = False
+        cfg.trainer.enable_model_summary = False
+    trainer = build_trainer(cfg.trainer, loggers=[], callbacks=[callback])
+    trainer.fit(module, datamodule=datamodule)
+    times = timer.starts[3:]  # the first batches warm up
+    return (len(times) - 1) * cfg.data.batch_size / (times[-1] - times[0])
+
+
+def flops_per_image(model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor) -> float:
+    counter = FlopCounterMode(display=False)
+    with counter:
+        loss_of(model, images, targets).backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / len(images)
+
+
+def bench(model_name: str, batch_size: int, steps: int, cache_dir: str, peak: float, rounds: int) -> dict:
+    cfg = compose_cfg(model_name, batch_size, cache_dir)
+    datamodule = build_datamodule(cfg.data)
+    pool = len(datamodule.pools["train"])
+
+    def batch(number: int) -> tuple:
+        generator = torch.Generator().manual_seed(number)
+        return datamodule.materialize({"split": "train", "seed": derive_seed("bench", number),
+                                       "index": torch.randint(pool, (batch_size,), generator=generator)})
+
+    torch.manual_seed(0)
+    flops = flops_per_image(build_model(cfg.model, datamodule), *batch(0))
+    row = {"model": model_name, "data": cfg.data.name, "MFLOP/img": flops / 1e6}
+    variants = {"plain": {}, "channels_last": {"channels_last": True}, "fused Adam": {"fused": True}}
+    best = dict.fromkeys(variants, 0.0)
+    for _ in range(rounds):  # interleaved rounds, best of each: order and warm-up effects cancel out
+        for name, options in variants.items():
+            torch.manual_seed(0)
+            best[name] = max(best[name], plain_loop(build_model(cfg.model, datamodule), batch, steps, **options))
+    row["plain img/s"] = best["plain"]
+    row["channels_last / plain"] = best["channels_last"] / best["plain"]
+    row["fused Adam / plain"] = best["fused Adam"] / best["plain"]
+    row["framework img/s"] = max(framework_loop(cfg.copy(), steps) for _ in range(rounds))
+    row["framework / plain"] = row["framework img/s"] / row["plain img/s"]
+    row["% of peak"] = 100 * row["framework img/s"] * flops / (peak * 1e9)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated model options")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=30, help="timed steps per measurement")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved repetitions; the best of each counts")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    import logging
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    peak = matmul_peak()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, matmul peak {peak:.1f} GFLOP/s, "
+          f"batch {args.batch_size}, {args.steps} timed steps")
+    columns = ["model", "data", "MFLOP/img", "plain img/s", "channels_last / plain", "fused Adam / plain",
+               "framework img/s", "framework / plain", "% of peak"]
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
+    with tempfile.TemporaryDirectory() as cache_dir:
+        for model in args.models.split(","):
+            row = bench(model, args.batch_size, args.steps, cache_dir, peak, args.rounds)
+            cells = [f"{row[c]:.2f}" if isinstance(row[c], float) else str(row[c]) for c in columns]
+            print("| " + " | ".join(cells) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
