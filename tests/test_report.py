@@ -31,7 +31,7 @@ def test_report_gives_means_counts_and_failures(sweep_dir):
     table = result["table"]
     assert len(table) == 1
     row = table.iloc[0]
-    assert (row["data"], row["model"], row["runs"], row["seeds"]) == ("rotated", "fcn", 2, "1,2")
+    assert (row["data"], row["model"], row["runs"], row["seeds"], row["repeats"]) == ("rotated", "fcn", 2, 2, "")
     assert row["test_err_mean"] == pytest.approx(statistics.mean(errors), abs=0.01)
     assert row["test_err_std"] == pytest.approx(statistics.stdev(errors), abs=0.01)
     published = lookup("rotated", "fcn", None)
@@ -41,7 +41,7 @@ def test_report_gives_means_counts_and_failures(sweep_dir):
 
     failed = result["failed"]
     assert len(failed) == 2 and all("num_val" in error for error in failed["error"])
-    for name in ("report.md", "report.csv", "test_error.png", "val_error.png"):
+    for name in ("report.md", "report.csv", "test_error.png", "val_error.png", "val_error_time.png"):
         assert (sweep_dir / name).stat().st_size > 0
     markdown = (sweep_dir / "report.md").read_text()
     assert "fcn" in markdown and "num_val must be between" in markdown
@@ -51,7 +51,8 @@ def test_validation_curves_come_from_tensorboard(sweep_dir):
     runs = report_module.collect(sweep_dir)
     curves = [report_module.validation_curve(d) for d in runs[runs["status"] == "finished"]["run_dir"]]
     assert len(curves) == 2  # one validation per run (1 epoch), logged near its last step (3)
-    assert all(len(curve) == 1 and 2 <= curve[0][0] <= 3 and 0 <= curve[0][1] <= 100 for curve in curves)
+    assert all(len(curve) == 1 and 2 <= curve[0][0] <= 3 and 0 <= curve[0][2] <= 100 for curve in curves)
+    assert all(0 < curve[0][1] < 600 for curve in curves)  # seconds since the run's first logged point
 
 
 def test_cli_prints_the_table(sweep_dir, capsys):

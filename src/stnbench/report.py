@@ -7,7 +7,8 @@ schedule or distortion are never averaged together. Each row is named by its dat
 the config keys that tell it apart from rows of the same data and model; it gives mean ± std of the test
 error over seeds (a seed run twice is flagged), the published error and our difference to it (only where
 the row's data setting is the paper's: otherwise "not comparable" and why), parameters and training time.
-Written as report.md, report.csv, test_error.png and val_error.png into the folder, and printed.
+Written as report.md, report.csv, test_error.png, val_error.png (against steps) and val_error_time.png
+(against wall-clock seconds) into the folder, and printed.
 """
 
 from __future__ import annotations
@@ -272,30 +273,38 @@ def plot_test_error(table: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
-def validation_curve(run_dir: str | Path) -> list[tuple[int, float]]:
-    """(step, val/err) of a run: from its TensorBoard events, else from a CSV logger's metrics.csv."""
+def validation_curve(run_dir: str | Path) -> list[tuple[int, float, float]]:
+    """(step, seconds since the run's first logged point, val/err) of a run: from its TensorBoard events
+    (in the run folder or an older run's tensorboard/ subfolder), else from a CSV logger's metrics.csv
+    (which has no times: seconds are NaN there). A resumed run's seconds include its interruption."""
     run_dir = Path(run_dir)
-    events = sorted(run_dir.glob("tensorboard/**/events.out.tfevents.*"))
+    events = sorted(p for p in run_dir.glob("**/events.out.tfevents.*") if "eval" not in p.relative_to(run_dir).parts)
     if events:
         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-        points: dict[int, float] = {}
+        points: dict[int, tuple[float, float]] = {}
+        first = float("inf")
         for event_file in events:  # a resumed run writes a second events file into the same folder
             accumulator = EventAccumulator(str(event_file), size_guidance={"scalars": 0})
             accumulator.Reload()
-            if "val/err" in accumulator.Tags().get("scalars", []):
-                points.update({e.step: e.value for e in accumulator.Scalars("val/err")})
+            tags = accumulator.Tags().get("scalars", [])
+            for tag in tags:
+                first = min([first] + [e.wall_time for e in accumulator.Scalars(tag)][:1])
+            if "val/err" in tags:
+                points.update({e.step: (e.wall_time, e.value) for e in accumulator.Scalars("val/err")})
         if points:
-            return sorted(points.items())
+            return [(step, wall - first, value) for step, (wall, value) in sorted(points.items())]
     for csv in run_dir.glob("csv/**/metrics.csv"):
         frame = pd.read_csv(csv)
         if "val/err" in frame:
             frame = frame.dropna(subset=["val/err"])
-            return list(zip(frame["step"].astype(int), frame["val/err"].astype(float), strict=True))
+            return [(int(s), math.nan, float(v)) for s, v in zip(frame["step"], frame["val/err"], strict=True)]
     return []
 
 
-def plot_validation(runs: pd.DataFrame, path: Path) -> int:
+def plot_validation(runs: pd.DataFrame, path: Path, against: str = "step") -> int:
+    """Validation error of every finished run against optimiser steps or wall-clock seconds (where a faster
+    model shows as faster), one panel per dataset, one colour per configuration."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -314,15 +323,15 @@ def plot_validation(runs: pd.DataFrame, path: Path) -> int:
         seen = set()
         for row in finished[finished["data"] == data].itertuples():
             curve = validation_curve(row.run_dir)
-            if not curve:
+            xs = [point[0] if against == "step" else point[1] for point in curve]
+            if not curve or any(math.isnan(x) for x in xs):
                 continue
-            steps, errors = zip(*curve, strict=True)
-            ax.plot(steps, errors, color=colours[row.label], marker=".",
+            ax.plot(xs, [point[2] for point in curve], color=colours[row.label], marker=".",
                     label=None if row.label in seen else row.label)
             seen.add(row.label)
             curves += 1
         ax.set_title(data)
-        ax.set_xlabel("step")
+        ax.set_xlabel("step" if against == "step" else "wall-clock seconds")
         ax.set_ylabel("validation error %")
         ax.legend(fontsize="small")
     fig.tight_layout()
@@ -347,8 +356,9 @@ def report(root: str | Path, plots: bool = True) -> dict:
     if plots and not table.empty:
         plot_test_error(table, root / "test_error.png")
         written.append(root / "test_error.png")
-        if plot_validation(runs, root / "val_error.png"):
-            written.append(root / "val_error.png")
+        for against, name in (("step", "val_error.png"), ("seconds", "val_error_time.png")):
+            if plot_validation(runs, root / name, against):
+                written.append(root / name)
     return {"runs": runs, "table": table, "failed": failed, "written": written}
 
 
