@@ -47,14 +47,25 @@ MODELS = {
 }
 
 
+DEVICE = torch.device("cpu")
+AUTOCAST: torch.dtype | None = None  # bf16-mixed: forward and loss under autocast (the sampler stays fp32)
+
+
+def sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def matmul_peak(seconds: float = 2.0, size: int = 2048) -> float:
-    """fp32 GFLOP/s of a large matrix product with the current thread count."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    """fp32 GFLOP/s of a large matrix product on the benchmark device (CPU: with the current thread count)."""
+    a, b = torch.randn(size, size, device=DEVICE), torch.randn(size, size, device=DEVICE)
     torch.mm(a, b)
+    sync()
     count, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         torch.mm(a, b)
         count += 1
+    sync()
     return 2 * size**3 * count / (time.perf_counter() - start) / 1e9
 
 
@@ -74,13 +85,15 @@ def compose_cfg(model: str, batch_size: int, cache_dir: str):
 
 
 def loss_of(model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    logits = step_logits(model(images), targets)
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+    with torch.autocast(DEVICE.type, dtype=AUTOCAST or torch.float32, enabled=AUTOCAST is not None):
+        logits = step_logits(model(images), targets)
+        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
 
 def plain_loop(model: torch.nn.Module, batch: Callable[[int], tuple], steps: int, channels_last: bool = False,
                fused: bool = False) -> float:
     """img/s of render + forward + backward + Adam step, after 3 warm-up steps."""
+    model = model.to(DEVICE)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=fused or None)
@@ -98,9 +111,11 @@ def plain_loop(model: torch.nn.Module, batch: Callable[[int], tuple], steps: int
 
     for number in range(3):
         step(number)
+    sync()
     start = time.perf_counter()
     for number in range(steps):
         step(3 + number)
+    sync()
     return steps * images_per_step / (time.perf_counter() - start)
 
 
@@ -112,6 +127,7 @@ class BatchTimer:
         self.starts: list[float] = []
 
     def on_train_batch_start(self, *args) -> None:
+        sync()
         self.starts.append(time.perf_counter())
 
 
@@ -129,6 +145,8 @@ def framework_loop(cfg, steps: int) -> float:
         cfg.trainer.limit_val_batches = 0
         cfg.trainer.enable_progress_bar = False
         cfg.trainer.enable_model_summary = False
+        cfg.trainer.accelerator = "gpu" if DEVICE.type == "cuda" else "cpu"
+        cfg.trainer.precision = "bf16-mixed" if AUTOCAST is not None else "32-true"
     trainer = build_trainer(cfg.trainer, loggers=[], callbacks=[callback])
     trainer.fit(module, datamodule=datamodule)
     times = timer.starts[3:]  # the first batches warm up
@@ -150,11 +168,11 @@ def bench(model_name: str, batch_size: int, steps: int, cache_dir: str, peak: fl
 
     def batch(number: int) -> tuple:
         generator = torch.Generator().manual_seed(number)
-        return datamodule.materialize({"split": "train", "seed": derive_seed("bench", number),
-                                       "index": torch.randint(pool, (batch_size,), generator=generator)})
+        index = torch.randint(pool, (batch_size,), generator=generator).to(DEVICE)  # rendered on DEVICE
+        return datamodule.materialize({"split": "train", "seed": derive_seed("bench", number), "index": index})
 
     torch.manual_seed(0)
-    flops = flops_per_image(build_model(cfg.model, datamodule), *batch(0))
+    flops = flops_per_image(build_model(cfg.model, datamodule).to(DEVICE), *batch(0))
     row = {"model": model_name, "data": cfg.data.name, "MFLOP/img": flops / 1e6}
     variants = {"plain": {}, "channels_last": {"channels_last": True}, "fused Adam": {"fused": True}}
     best = dict.fromkeys(variants, 0.0)
@@ -178,14 +196,20 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30, help="timed steps per measurement")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved repetitions; the best of each counts")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"])
     args = parser.parse_args()
+    global DEVICE, AUTOCAST
+    DEVICE = torch.device(args.device)
+    AUTOCAST = torch.bfloat16 if args.precision == "bf16-mixed" else None
     if args.threads:
         torch.set_num_threads(args.threads)
     import logging
 
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     peak = matmul_peak()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, matmul peak {peak:.1f} GFLOP/s, "
+    where = torch.cuda.get_device_name() if DEVICE.type == "cuda" else f"{torch.get_num_threads()} CPU threads"
+    print(f"torch {torch.__version__}, {where}, {args.precision}, fp32 matmul peak {peak:.1f} GFLOP/s, "
           f"batch {args.batch_size}, {args.steps} timed steps")
     columns = ["model", "data", "MFLOP/img", "plain img/s", "channels_last / plain", "fused Adam / plain",
                "framework img/s", "framework / plain", "% of peak"]

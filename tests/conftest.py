@@ -17,6 +17,10 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "configs"
 
 
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "gpu: needs a CUDA GPU (skipped without one; scripts/gpu_check.sh runs them)")
+
+
 def data_root() -> Path:
     """STNBENCH_DATA_DIR, else the shared copy beside the checkout, else ./data (downloaded if need be).
 
