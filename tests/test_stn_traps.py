@@ -124,3 +124,14 @@ def test_trainer_configs_never_set_deterministic_true():
     for option in options:
         cfg = compose_config([f"trainer={option}"])
         assert cfg.trainer.get("deterministic") is not True, f"trainer={option} sets deterministic: true"
+
+
+@pytest.mark.parametrize("transform", ["affine", "projective", "tps"])
+def test_grids_and_sampling_stay_fp32_under_mixed_precision(transform):
+    """bf16 coordinates are off by up to half a pixel on a 100 px canvas: the sampler never runs in half."""
+    model = build_model("st_cnn", input_shape=(1, 42, 42), transform=transform)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        output = model(torch.rand(4, 1, 42, 42))
+    assert output.glimpses.dtype == torch.float32
+    assert sampling.sample(torch.rand(1, 1, 8, 8, dtype=torch.bfloat16),
+                           sampling.pixel_grid(8, 8)[None].bfloat16()).dtype == torch.bfloat16  # no autocast: as given

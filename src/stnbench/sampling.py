@@ -2,6 +2,8 @@
 
 Two classic STN bugs are designed away here:
 * ``affine_grid`` and ``grid_sample`` must agree on ``align_corners``: both read ``ALIGN_CORNERS``.
+* Grids and sampling run in fp32 even under mixed precision (``bf16-mixed``): ``grid_sample`` and the
+  grids are inaccurate in half precision (a bf16 coordinate is off by up to half a pixel on 100 px).
 * The out-of-frame fill must equal the image background. Images in stnbench stay in [0, 1] with a
   background of exactly 0 until *after* sampling (classifiers normalise their own input), so zero padding
   fills with background. Normalising before sampling would fill with a bright value and teach the STN
@@ -10,6 +12,9 @@ Two classic STN bugs are designed away here:
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -17,12 +22,31 @@ ALIGN_CORNERS = False
 BACKGROUND = 0.0
 
 
+def fp32(function: Callable) -> Callable:
+    """Run ``function`` with autocast off and its tensor arguments in float32 (a no-op in fp32 training)."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+        device = tensors[0].device.type if tensors else "cpu"
+        if not torch.is_autocast_enabled(device):
+            return function(*args, **kwargs)
+        cast = [a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args]
+        with torch.autocast(device, enabled=False):
+            return function(*cast, **{k: v.float() if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+                                      for k, v in kwargs.items()})
+
+    return wrapper
+
+
+@fp32
 def affine_grid(theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Sampling grid [B, H, W, 2] for affine matrices ``theta`` [B, 2, 3] (output -> input coords)."""
     size = (theta.shape[0], 1, height, width)
     return F.affine_grid(theta, list(size), align_corners=ALIGN_CORNERS)
 
 
+@fp32
 def sample(images: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     """Bilinear sampling of ``images`` [B, C, H, W] at ``grid`` [B, h, w, 2]; outside reads background."""
     if BACKGROUND != 0.0:  # pragma: no cover - guarded by a test; zero padding is only right for 0
@@ -44,6 +68,7 @@ def control_grid(size: int, device: torch.device | None = None) -> torch.Tensor:
     return torch.stack([x, y], -1).reshape(-1, 2)
 
 
+@fp32
 def homography_grid(matrix: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Sampling grid [B, H, W, 2] for 3x3 homographies ``matrix`` [B, 3, 3] (output -> input coords)."""
     points = pixel_grid(height, width, matrix.device).reshape(1, -1, 2)
@@ -60,6 +85,7 @@ def _tps_kernel(distance_sq: torch.Tensor) -> torch.Tensor:
     return distance_sq * torch.log(distance_sq.clamp_min(1e-12))
 
 
+@fp32
 def tps_grid(control: torch.Tensor, targets: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Sampling grid [B, H, W, 2] of the thin-plate spline f with f(control_k) = targets[b, k].
 
