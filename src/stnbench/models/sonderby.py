@@ -80,7 +80,7 @@ class SonderbyClassifier(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits [B, heads, classes]."""
-        return self.net(images).view(len(images), self.heads, self.num_classes)
+        return self.net(images).view(images.shape[0], self.heads, self.num_classes)
 
 
 class LasagneGRUCell(nn.Module):
@@ -126,7 +126,7 @@ class SonderbyCNN(_SonderbyBase):
         lasagne_init(self)
 
     def forward(self, images: torch.Tensor) -> ModelOutput:
-        identity = self.resample.identity().to(images).expand(len(images), -1)
+        identity = self.resample.identity().to(images).expand(images.shape[0], -1)
         return ModelOutput(self.classifier(warp(images, self.resample, identity, self.glimpse_hw)))
 
 
@@ -186,7 +186,7 @@ class SonderbyRNNSPN(_SonderbyBase):
             hidden.append(state)
         thetas = self.regressor(torch.stack(hidden, 1))  # [B, T, P]
         glimpses = warp_steps(images, self.transform, thetas, self.glimpse_hw)
-        logits = self.classifier(glimpses.flatten(0, 1)).view(len(images), self.steps, self.num_classes)
+        logits = self.classifier(glimpses.flatten(0, 1)).view(images.shape[0], self.steps, self.num_classes)
         return ModelOutput(logits, thetas=thetas, glimpses=glimpses)
 
 
