@@ -36,6 +36,22 @@ def step_logits(output: ModelOutput, targets: torch.Tensor) -> torch.Tensor:
     return output.logits[:, -steps:]
 
 
+def classification_loss(output: ModelOutput, targets: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the step logits; for a model that predicts from every glimpse
+    (``output.glimpse_logits``), the mean over every glimpse, each scored against its digit's label, so
+    intermediate glimpses learn too."""
+    if output.glimpse_logits is None or output.glimpse_digit is None:
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+    every, digit = output.glimpse_logits, output.glimpse_digit.to(targets.device)
+    if every.shape[1] != len(digit):
+        raise ValueError(f"glimpse_logits has {every.shape[1]} glimpses but glimpse_digit names {len(digit)}")
+    labels = targets.view(len(targets), -1)  # [B, T]: single labels are one step
+    digit = digit - (output.logits.shape[1] - labels.shape[1])  # align with the last T steps, as step_logits
+    keep = digit >= 0
+    chosen = labels[:, digit[keep]]  # [B, S']: each glimpse's own label
+    return F.cross_entropy(every[:, keep].reshape(-1, every.shape[-1]), chosen.reshape(-1))
+
+
 def transform_scale(transform, thetas: torch.Tensor) -> torch.Tensor:
     """Linear scale of each glimpse relative to the whole image (1 = identity, 0.5 = zoom in 2x), from
     the area of the quadrilateral spanned by the sampled corners. Works for any transform family."""
@@ -74,7 +90,7 @@ class STNBenchModule(L.LightningModule):
         images, targets = batch
         output = self.model(images)
         logits = step_logits(output, targets)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+        loss = classification_loss(output, targets, logits)
         wrong = logits.argmax(-1) != targets
         sequence_wrong = wrong.view(len(targets), -1).any(1).float()
         metrics = self.metrics[f"{split}_metrics"]
