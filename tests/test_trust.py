@@ -216,3 +216,19 @@ def test_hparams_search_composes_for_every_model():
             cfg = compose(config_name="train", overrides=["hparams_search=optuna", f"model={model}"],
                           return_hydra_config=True)
         assert cfg.model is not None, model
+
+
+def test_a_fixed_training_set_can_have_its_own_size(mnist_root, cache_dir):
+    """Sønderby's reference trains on 60k sequences drawn from 50k training digits: data.train_size."""
+    from stnbench.data.datamodule import DistortedMNIST
+    from stnbench.data.distortions import Rotated
+    from stnbench.errors import ConfigError
+
+    datamodule = DistortedMNIST(Rotated(), root=str(mnist_root), cache_dir=str(cache_dir), num_val=59_900,
+                                train_mode="fixed", train_size=250, batch_size=50)
+    datamodule.setup("fit")
+    assert len(datamodule.fixed["train"]) == 250 and len(datamodule.pools["train"]) == 100
+    assert len(datamodule.train_dataloader()) == 5
+    assert datamodule.dataset_description("train")["train_size"] == 250
+    with pytest.raises(ConfigError, match="needs data.train_mode=fixed"):
+        DistortedMNIST(Rotated(), root=str(mnist_root), train_size=250)

@@ -25,7 +25,7 @@ from stnbench.published import lookup
 from stnbench.run_folder import flatten
 
 COLUMNS = ["data", "model", "configuration", "runs", "seeds", "repeats", "test_err_mean", "test_err_std",
-           "digit_err_mean", "published_err", "published_metric", "diff", "comparable", "parameters",
+           "digit_err_mean", "published_err", "published_metric", "diff", "comparable", "source", "parameters",
            "fit_seconds_mean", "steps"]
 SHIPPED_DATA = Path(__file__).resolve().parent / "configs" / "data"
 
@@ -122,8 +122,9 @@ def paper_setting_differences(data: str | None, config: dict | None) -> list[str
         return ["no stored config" if not isinstance(config, dict) else f"no shipped data option '{data}'"]
     paper = OmegaConf.to_container(OmegaConf.load(shipped).get("distortion") or {}, resolve=False)
     ours = ((config.get("data") or {}).get("distortion")) or {}
-    return [f"data.distortion.{key}={ours.get(key)} (paper: {value})"
-            for key, value in flatten(paper).items() if flatten(ours).get(key) != value]
+    ours = flatten(ours)
+    return [f"data.distortion.{key}={ours.get(key)} (paper: {value})" for key, value in flatten(paper).items()
+            if ours.get(key) != value and not (isinstance(value, str) and "${" in value)]  # ${..root}: a path
 
 
 def _round(value, digits: int = 2):
@@ -183,6 +184,7 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
             "digit_err_mean": _round(group["digit_err"].mean()) if group["digit_err"].notna().any() else None,
             "published_err": published.err if comparable else None,
             "published_metric": published.metric if comparable else None,
+            "source": published.source if comparable else None,
             "diff": _round(ours_for_diff - published.err) if comparable else None,
             "comparable": ("yes" if comparable else "not comparable: " + "; ".join(differences)) if published
             else "",
@@ -226,8 +228,6 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def to_markdown(table: pd.DataFrame, failed: pd.DataFrame, root: Path) -> str:
-    from stnbench.published import JADERBERG, SONDERBY
-
     lines = [f"# stnbench report: `{root}`", ""]
     if table.empty:
         lines.append("No finished runs.")
@@ -236,8 +236,10 @@ def to_markdown(table: pd.DataFrame, failed: pd.DataFrame, root: Path) -> str:
     lines += ["", "One row per configuration (everything a run computes except its seed); `configuration` names the "
               "keys that tell rows of the same data and model apart. A published number and `diff` appear only "
               "where the row's data setting is the paper's; otherwise `diff` says why it is not comparable.",
-              "", "`diff` = ours − published (percentage points; negative is better than the paper). "
-              "Published numbers: " + JADERBERG + "; " + SONDERBY + " (compared with our digit error).", ""]
+              "", "`diff` = ours − published (percentage points; negative is better than the paper; a published "
+              "per-digit error is compared with our digit error)."]
+    sources = list(dict.fromkeys(table["source"].dropna())) if "source" in table else []
+    lines += ["", "Published numbers: " + "; ".join(sources) + "." if sources else "", ""]
     if not failed.empty:
         lines += ["## Runs that did not finish", ""]
         lines += [f"- `{row.run_dir}` ({row.status}): {row.error}" for row in failed.itertuples()]

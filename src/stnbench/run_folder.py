@@ -49,6 +49,7 @@ def computed_config(config: DictConfig | dict) -> dict:
         content.pop(key, None)
     for key in NOT_COMPUTED_DATA:
         (content.get("data") or {}).pop(key, None)
+        ((content.get("data") or {}).get("distortion") or {}).pop(key, None)  # a generator reading MNIST itself
     for key in NOT_COMPUTED_TRAINER:
         (content.get("trainer") or {}).pop(key, None)
     return content

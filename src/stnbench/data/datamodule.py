@@ -131,6 +131,7 @@ class DistortedMNIST(L.LightningDataModule):
         name: str | None = None,
         overfit_batches: int = 0,
         verify_checksums: bool = True,
+        train_size: int | None = None,
     ) -> None:
         super().__init__()
         if batch_size <= 0 or eval_batch_size <= 0:
@@ -142,12 +143,16 @@ class DistortedMNIST(L.LightningDataModule):
             raise ConfigError(f"data.overfit_batches must be >= 0 (0 = off), got {overfit_batches}")
         if train_mode not in TRAIN_MODES:
             raise ConfigError(f"train_mode must be one of {TRAIN_MODES}, got '{train_mode}'")
+        if train_size is not None and (train_mode != "fixed" or train_size < 1):
+            raise ConfigError(f"data.train_size={train_size} needs data.train_mode=fixed and a positive size "
+                              "(the number of images of the one fixed training set; null: one per training digit)")
         self.distortion = distortion
         self.name = name or distortion.name
         self.root, self.cache_dir = str(root), str(cache_dir)
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.num_val, self.seed, self.train_mode, self.download = num_val, seed, train_mode, download
         self.overfit_batches, self.verify_checksums = overfit_batches, verify_checksums
+        self.train_size = train_size
         self.mnist_md5: dict[str, str] = {}  # the raw files' checksums: part of the eval-set cache key
         self.pools: dict[str, DigitSplit] = {}  # clean digits per split (train/val/test)
         self.fixed: dict[str, DigitSplit] = {}  # pre-rendered images per split (val/test, train if fixed)
@@ -161,9 +166,12 @@ class DistortedMNIST(L.LightningDataModule):
     def dataset_description(self, split: str) -> dict:
         """Everything a fixed eval set depends on: the generator (and its code version), its parameters,
         the seed and split, and the MNIST files' content. The cache key is a hash of exactly this."""
-        return {"distortion": type(self.distortion).__name__, "version": getattr(self.distortion, "version", 1),
-                "params": vars(self.distortion), "seed": self.seed, "split": split, "num_val": self.num_val,
-                "mnist_md5": self.mnist_md5}
+        description = {"distortion": type(self.distortion).__name__,
+                       "version": getattr(self.distortion, "version", 1), "params": vars(self.distortion),
+                       "seed": self.seed, "split": split, "num_val": self.num_val, "mnist_md5": self.mnist_md5}
+        if split == "train" and self.train_size is not None:
+            description["train_size"] = self.train_size
+        return description
 
     # ---- setup ------------------------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -187,12 +195,14 @@ class DistortedMNIST(L.LightningDataModule):
             self.fixed[split] = self._fixed_set(split)
 
     def render_split(self, split: str, seed: int) -> DigitSplit:
-        """Render every digit of ``split`` once, in chunks, from one CPU generator (device-independent)."""
+        """Render ``split`` once, in chunks, from one CPU generator (device-independent): one image per digit,
+        or ``train_size`` images for the training split (digit i of the pool is image i mod pool size)."""
         pool = self.pools[split]
+        count = self.train_size if split == "train" and self.train_size else len(pool)
         generator = torch.Generator().manual_seed(seed)
         images, targets = [], []
-        for start in range(0, len(pool), RENDER_CHUNK):
-            index = torch.arange(start, min(start + RENDER_CHUNK, len(pool)))
+        for start in range(0, count, RENDER_CHUNK):
+            index = torch.arange(start, min(start + RENDER_CHUNK, count)) % len(pool)
             rendered = self.distortion.render(pool, index, generator)
             images.append(quantize(rendered.images))
             targets.append(rendered.targets)
@@ -208,12 +218,16 @@ class DistortedMNIST(L.LightningDataModule):
     def _sampler(self, split: str, batch_size: int, shuffle: bool) -> IndexBatches:
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        return IndexBatches(split, len(self.pools[split]), batch_size, shuffle, self.seed,
-                            drop_last=shuffle, rank=rank, world_size=world)
+        return IndexBatches(split, self._size(split), batch_size, shuffle, self.seed, drop_last=shuffle, rank=rank,
+                            world_size=world)
+
+    def _size(self, split: str) -> int:
+        """Items a loader draws from: the fixed set's images, else the split's digits."""
+        return len(self.fixed[split]) if split in self.fixed else len(self.pools[split])
 
     def train_dataloader(self) -> DataLoader:
         if self.overfit_batches:
-            sampler = FixedBatches("train", len(self.pools["train"]), self.batch_size, self.seed, self.overfit_batches)
+            sampler = FixedBatches("train", self._size("train"), self.batch_size, self.seed, self.overfit_batches)
         else:
             sampler = self._sampler("train", self.batch_size, shuffle=True)
         return ResumableLoader(sampler, self._batches_done)
