@@ -1,0 +1,238 @@
+"""The full-recurrent STN's options (issue 13): step inputs, feedback ablation, loss at every glimpse, the
+seed_hypothesis experiment and the glimpse pictures, on real MNIST."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+
+from conftest import compose_config
+from stnbench.errors import ConfigError
+from stnbench.models.recurrent_stn import RecurrentSTN
+from stnbench.module import STNBenchModule, classification_loss, step_logits
+from test_models import build_model
+
+INPUTS = ("glimpse_feedback", "context", "theta_input")
+COMBINATIONS = [c for c in itertools.product((True, False), repeat=3) if any(c)]
+SMALL = ("model.classifier.channels=[8,16]", "model.localisation.channels=[8,8]", "model.localisation.hidden=32",
+         "model.encoder.channels=[8,8]", "model.encoder.hidden=32", "model.hidden_size=32")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)  # many tiny ops: one thread beats two on a shared 2-core machine
+    yield
+
+
+def switches(combination: tuple[bool, bool, bool]) -> tuple[str, ...]:
+    return tuple(f"model.{name}={str(on).lower()}" for name, on in zip(INPUTS, combination, strict=True))
+
+
+def combination_id(combination) -> str:
+    return "+".join(name for name, on in zip(INPUTS, combination, strict=True) if on)
+
+
+@pytest.fixture(scope="module")
+def digits(mnist_root) -> tuple[torch.Tensor, torch.Tensor]:
+    from stnbench.data.mnist import load_mnist
+
+    test = load_mnist(mnist_root, train=False)
+    return test.images[:512].float().div(255.0).unsqueeze(1), test.labels[:512].long()
+
+
+def randomise_recurrence(net: RecurrentSTN, seed: int = 0) -> None:
+    """Move θ_0 and the update layer off their identity init, so later θs depend on the GRU's input."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in (net.stn.regressor, net.update):
+            layer.weight.copy_(torch.randn(layer.weight.shape, generator=generator) * 0.05)
+
+
+@pytest.mark.parametrize("combination", COMBINATIONS, ids=combination_id)
+def test_every_step_input_combination_builds_and_trains(digits, combination):
+    torch.manual_seed(0)
+    net = build_model("recurrent_stn", (1, 28, 28), overrides=(*SMALL, "model.num_glimpses=2", *switches(combination)))
+    assert (net.encoder is not None) == combination[0]
+    widths = {"glimpse_feedback": 32, "context": 32, "theta_input": net.transform.num_params}
+    assert net.rnn.input_size == sum(w for (name, w), on in zip(widths.items(), combination, strict=True) if on)
+    images, labels = digits
+    optimiser = torch.optim.Adam(net.parameters(), lr=3e-3)
+    order = torch.randint(0, len(images), (30, 32), generator=torch.Generator().manual_seed(0))
+    losses = []
+    for index in order:
+        output = net(images[index])
+        assert output.thetas.shape[1] == 2 and output.glimpses.shape[1] == 2
+        loss = classification_loss(output, labels[index], step_logits(output, labels[index]))
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < first - 0.5, (first, last)
+
+
+def test_all_step_inputs_off_and_bad_loss_at_are_config_errors():
+    with pytest.raises(ConfigError, match="glimpse_feedback, model.context and model.theta_input are all false"):
+        build_model("recurrent_stn", overrides=switches((False, False, False)))
+    with pytest.raises(ConfigError, match="model.loss_at must be one of"):
+        build_model("recurrent_stn", overrides=("model.loss_at=middle",))
+
+
+def test_feedback_off_drops_exactly_the_feedback_path():
+    """The ablation's budget: without feedback only the glimpse encoder and the GRU's weights for its
+    embedding are missing; every other parameter has the same name and shape."""
+    on = build_model("recurrent_stn", (1, 60, 60), num_steps=2)
+    off = build_model("recurrent_stn_no_feedback", (1, 60, 60), num_steps=2)
+    assert off.encoder is None and not off.glimpse_feedback and off.context and off.theta_input
+    shapes_on = {k: v.shape for k, v in on.state_dict().items()}
+    shapes_off = {k: v.shape for k, v in off.state_dict().items()}
+    assert {k for k in shapes_on if k not in shapes_off} == {k for k in shapes_on if k.startswith("encoder.")}
+    assert all(shapes_on[k] == shape for k, shape in shapes_off.items() if k != "rnn.weight_ih")
+    embedding = on.encoder.out_features
+    missing = sum(p.numel() for p in on.encoder.parameters()) + 3 * on.rnn.hidden_size * embedding
+    count = lambda net: sum(p.numel() for p in net.parameters())  # noqa: E731
+    assert count(on) - count(off) == missing
+
+
+@pytest.mark.parametrize("feedback", [False, True])
+def test_feedback_off_ignores_the_glimpse(feedback):
+    """Perturb every sampled glimpse (the sampler's output, before anything reads it): without feedback
+    the θs are bit-identical (the GRU never sees a glimpse), while the classifier's logits change (so the
+    perturbation reached the model); with feedback θ_1 and θ_2 move."""
+    net = build_model("recurrent_stn", (1, 42, 42), overrides=(f"model.glimpse_feedback={str(feedback).lower()}",),
+                      seed=1)
+    randomise_recurrence(net)
+    images = torch.rand(4, 1, 42, 42)
+    clean = net(images)
+    warp = net.stn.warp
+    noise = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(5))
+    net.stn.warp = lambda image, theta: warp(image, theta) + noise
+    perturbed = net(images)
+    assert not torch.allclose(perturbed.logits, clean.logits)
+    torch.testing.assert_close(perturbed.thetas[:, 0], clean.thetas[:, 0], atol=0, rtol=0)  # θ_0: whole image
+    if feedback:
+        assert not torch.allclose(perturbed.thetas[:, 1:], clean.thetas[:, 1:])
+    else:
+        torch.testing.assert_close(perturbed.thetas, clean.thetas, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("combination", COMBINATIONS, ids=combination_id)
+def test_one_glimpse_is_a_cnn_stn_for_every_step_input(combination):
+    st = build_model("st_cnn", (1, 42, 42), seed=3)
+    with torch.no_grad():
+        st.stn.regressor.weight.normal_(0, 0.05)
+    recurrent = build_model("recurrent_stn", (1, 42, 42), overrides=("model.num_glimpses=1", "model.output_size=null",
+                                                                      *switches(combination)), seed=4)
+    missing, unexpected = recurrent.load_state_dict(st.state_dict(), strict=False)
+    assert not unexpected and all(key.split(".")[0] in {"encoder", "rnn", "update"} for key in missing)
+    images = torch.rand(3, 1, 42, 42)
+    torch.testing.assert_close(recurrent(images).logits, st(images).logits, atol=0, rtol=0)
+
+
+def paired_models(loss_at: str, overrides: tuple[str, ...] = (), input_shape=(1, 42, 42), num_steps: int = 1):
+    net = build_model("recurrent_stn", input_shape, num_steps=num_steps, seed=2,
+                      overrides=(f"model.loss_at={loss_at}", *overrides))
+    randomise_recurrence(net)
+    return net
+
+
+def test_every_glimpse_loss_reaches_the_intermediate_glimpses():
+    """With the loss on the last glimpse only, an intermediate glimpse gets no classification gradient
+    (only the θ path reaches it); with every_glimpse it does. The step logits are the same either way."""
+    images, targets = torch.rand(4, 1, 42, 42), torch.tensor([1, 2, 3, 4])
+    gradients, logits = {}, {}
+    for loss_at in ("last_glimpse", "every_glimpse"):
+        net = paired_models(loss_at)  # same seed: the same weights
+        output = net(images)
+        output.glimpses.retain_grad()
+        classification_loss(output, targets, step_logits(output, targets)).backward()
+        gradients[loss_at], logits[loss_at] = output.glimpses.grad, output.logits.detach()
+    assert gradients["last_glimpse"][:, :2].abs().sum() == 0 and gradients["last_glimpse"][:, 2].abs().sum() > 0
+    assert (gradients["every_glimpse"][:, :2].flatten(2).abs().sum(-1) > 0).all()
+    torch.testing.assert_close(logits["every_glimpse"], logits["last_glimpse"])
+
+
+def test_every_glimpse_loss_scores_each_glimpse_against_its_own_digit():
+    """Sequence data, 2 glimpses per digit: glimpses 0,1 predict digit 0 and 2,3 digit 1; the training loss
+    the LightningModule computes is the mean cross-entropy over all four."""
+    net = paired_models("every_glimpse", ("model.glimpses_per_digit=2",), (1, 28, 56), num_steps=2)
+    images, targets = torch.rand(3, 1, 28, 56), torch.tensor([[1, 7], [0, 3], [9, 9]])
+    output = net(images)
+    assert output.glimpse_logits.shape == (3, 4, 10) and output.glimpse_digit.tolist() == [0, 0, 1, 1]
+    torch.testing.assert_close(output.logits, output.glimpse_logits[:, [1, 3]])
+    expected = torch.nn.functional.cross_entropy(output.glimpse_logits.reshape(-1, 10),
+                                                 targets[:, [0, 0, 1, 1]].reshape(-1))
+    module = STNBenchModule(net, optimizer=None)
+    module.log = lambda *args, **kwargs: None  # no trainer here: _step's logging is not under test
+    with torch.no_grad():
+        loss = module._step((images, targets), "val")
+    torch.testing.assert_close(loss, expected)
+    output.glimpse_logits = None
+    torch.testing.assert_close(classification_loss(output, targets, output.logits),
+                               torch.nn.functional.cross_entropy(output.logits.reshape(-1, 10), targets.reshape(-1)))
+
+
+TINY = ["trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
+        "trainer.max_epochs=1", "data.num_val=500", "data.eval_batch_size=100", "data.batch_size=16",
+        "+trainer.num_sanity_val_steps=0", "callbacks.model_summary=null"]
+
+
+def test_seed_hypothesis_sweep_is_the_five_models_on_one_budget():
+    cfg = compose_config(["experiment=seed_hypothesis"], run_dir=None)
+    params = cfg.hydra.sweeper.params
+    assert params.model.split(",") == ["cnn", "st_cnn", "rnn_stn", "recurrent_stn", "recurrent_stn_no_feedback"]
+    assert len(params.seed.split(",")) >= 2 and params.data == "multi_digit"
+    assert cfg.data.distortion.num_digits == 2 and cfg.data.distortion.canvas_size == 60
+    assert cfg.trainer.max_steps == -1 and cfg.trainer.max_epochs * cfg.trainer.limit_train_batches == 5000
+    paper = compose_config(["experiment=seed_hypothesis", "schedule=paper"])
+    assert paper.data.distortion.num_digits == 3 and paper.data.distortion.canvas_size == 100
+    assert paper.trainer.max_steps == 150000 and paper.hydra.sweeper.params.model == params.model
+
+
+def test_seed_hypothesis_runs_and_glimpse_pictures(tmp_path, cache_dir, mnist_root):
+    """Two tiny real runs of the experiment (the full-recurrent STN with the every-glimpse loss, and the CNN),
+    then one glimpse picture per model on the same test images."""
+    from stnbench.glimpses import reference_images, write_glimpse_pictures
+    from stnbench.train import train
+
+    runs = {}
+    for model, extra in (("recurrent_stn", ["model.loss_at=every_glimpse", "model.glimpses_per_digit=2"]),
+                         ("cnn", [])):
+        run = tmp_path / model
+        cfg = compose_config(["experiment=seed_hypothesis", f"model={model}", *TINY, *extra], run_dir=run,
+                             cache=cache_dir)
+        results = train(cfg)
+        assert results["global_step"] == 2 and math.isfinite(results["test/err"]), results
+        runs[model] = run
+    stored = OmegaConf.load(runs["recurrent_stn"] / ".hydra" / "config.yaml")
+    assert stored.model.loss_at == "every_glimpse"
+
+    written = write_glimpse_pictures(runs.values(), tmp_path / "report", count=3, cache_dir=cache_dir)
+    assert written["cnn"] is None and not (tmp_path / "report" / "glimpses_cnn.png").exists()
+    path = written["recurrent_stn"]
+    assert path == tmp_path / "report" / "glimpses_recurrent_stn.png"
+    images = reference_images(runs.values(), count=3, cache_dir=cache_dir)
+    assert images.shape == (3, 1, 60, 60) and images.max() > 0.5
+    # the picture is viz.model_picture of the run's best checkpoint on those images: rows of the input with
+    # the glimpse outlines (a step colour is drawn) and the 4 glimpses, 3x upscaled
+    from stnbench import load_model, viz
+
+    expected = viz.model_picture(load_model(runs["recurrent_stn"] / "checkpoints" / "best.ckpt"), images, upscale=3)
+    picture = torch.tensor(list(Image.open(path).convert("RGB").getdata())).view(*Image.open(path).size[::-1], 3)
+    assert picture.shape[:2] == expected.shape[1:] and picture.shape[0] > 3 * 180 and picture.shape[1] > 5 * 180
+    torch.testing.assert_close(picture.permute(2, 0, 1).float(), (expected * 255).round(), atol=1, rtol=0)
+    colours = (viz.STEP_COLOURS[:4] * 255 + 0.5).long()
+    assert any((picture == colour).all(-1).any() for colour in colours)
+
+    other = tmp_path / "other_data"
+    (other / ".hydra").mkdir(parents=True)
+    config = OmegaConf.load(runs["cnn"] / ".hydra" / "config.yaml")
+    config.data.distortion.num_distractors = 0
+    OmegaConf.save(config, other / ".hydra" / "config.yaml")
+    with pytest.raises(ConfigError, match=r"other data.*distortion\.num_distractors"):
+        reference_images([runs["cnn"], other], cache_dir=cache_dir)
