@@ -53,8 +53,6 @@ def test_onnx_export_matches_pytorch(checkpoints, model, tmp_path):
     run_onnx(checkpoints[model], tmp_path, export_batch=4, batch=4)
 
 
-@pytest.mark.xfail(strict=True, reason="models reshape logits with len(images), which tracing fixes to the "
-                   "example's batch size; remove this mark once they use images.shape[0]")
 def test_onnx_export_takes_any_batch_size(checkpoints, tmp_path):
     run_onnx(checkpoints["st_cnn"], tmp_path, export_batch=1, batch=5)
 

@@ -83,5 +83,5 @@ class Baseline(nn.Module):
         self.classifier = classifier(input_shape=tuple(input_shape), num_classes=num_classes * num_steps)
 
     def forward(self, images: torch.Tensor) -> ModelOutput:
-        logits = self.classifier(images).view(len(images), self.num_steps, self.num_classes)
+        logits = self.classifier(images).view(images.shape[0], self.num_steps, self.num_classes)
         return ModelOutput(logits)

@@ -63,5 +63,5 @@ class RNNSTN(nn.Module):
             hidden.append(state[0] if self.rnn_type == "lstm" else state)
         thetas = self.regressor(torch.stack(hidden, 1))  # [B, T, P]
         glimpses = warp_steps(images, self.transform, thetas, self.output_hw)
-        logits = self.classifier(glimpses.flatten(0, 1)).view(len(images), self.steps, self.num_classes)
+        logits = self.classifier(glimpses.flatten(0, 1)).view(images.shape[0], self.steps, self.num_classes)
         return ModelOutput(logits, thetas=thetas, glimpses=glimpses)

@@ -160,5 +160,5 @@ class STClassifier(nn.Module):
 
     def forward(self, images: torch.Tensor) -> ModelOutput:
         warped, thetas = zip(*(stn(images) for stn in self.transformers), strict=True)
-        logits = self.classifier(torch.cat(warped, 1)).view(len(images), self.num_steps, self.num_classes)
+        logits = self.classifier(torch.cat(warped, 1)).view(images.shape[0], self.num_steps, self.num_classes)
         return ModelOutput(logits, thetas=torch.stack(thetas, 1), glimpses=torch.stack(warped, 1))
