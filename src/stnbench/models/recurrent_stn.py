@@ -123,7 +123,7 @@ class RecurrentSTN(nn.Module):
             if step + 1 < self.num_glimpses:
                 theta, state = self.next_theta(theta, glimpse, code, state)
         glimpses_t = torch.stack(glimpses, 1)  # [B, S, C, h, w]
-        batch = len(images)
+        batch = images.shape[0]  # not len(): traceable at any batch size
         if self.loss_at == "every_glimpse":  # classify every glimpse; the digits' last ones are the logits
             every = self.classifier(glimpses_t.flatten(0, 1)).view(batch, self.num_glimpses, self.num_classes)
             return ModelOutput(every[:, self.per_digit - 1::self.per_digit], thetas=torch.stack(thetas, 1),
