@@ -56,8 +56,7 @@ def check_single_glimpse(model: nn.Module, example: torch.Tensor) -> None:
 def export(ckpt_path: str | Path, output: str | Path, fmt: str = "onnx", opset: int = 20,
            batch_size: int = 1) -> Path:
     """Write the checkpoint's model as ONNX or TorchScript (both traced with a ``batch_size`` example); return
-    the path. The batch axis is declared dynamic, but a model that reshapes with ``len(images)`` is traced
-    with the example's batch size fixed: feed the exported graph batches of ``batch_size``."""
+    the path. The batch axis is dynamic (models reshape with ``images.shape[0]``, which tracing keeps)."""
     if fmt not in FORMATS:
         raise ConfigError(f"format={fmt!r} is not one of {', '.join(FORMATS)}")
     if fmt == "onnx" and opset < MIN_OPSET:
