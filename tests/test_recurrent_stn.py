@@ -229,6 +229,13 @@ def test_seed_hypothesis_runs_and_glimpse_pictures(tmp_path, cache_dir, mnist_ro
     colours = (viz.STEP_COLOURS[:4] * 255 + 0.5).long()
     assert any((picture == colour).all(-1).any() for colour in colours)
 
+    # a whole sweep: finished runs grouped by data, one seed each (the two runs here: seed 1, same data)
+    from stnbench.glimpses import write_sweep_glimpse_pictures
+
+    sweep = write_sweep_glimpse_pictures(tmp_path, count=3, cache_dir=cache_dir)
+    assert sweep == {"cnn": None, "recurrent_stn": tmp_path / "glimpses" / "glimpses_recurrent_stn.png"}
+    assert (tmp_path / "glimpses" / "glimpses_recurrent_stn.png").read_bytes() == path.read_bytes()
+
     other = tmp_path / "other_data"
     (other / ".hydra").mkdir(parents=True)
     config = OmegaConf.load(runs["cnn"] / ".hydra" / "config.yaml")

@@ -9,6 +9,7 @@ validation epoch. The images are the fixed test set of the first run's data conf
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable
 from pathlib import Path
@@ -100,4 +101,36 @@ def write_glimpse_pictures(run_dirs: Iterable[str | Path], out_dir: str | Path, 
         save_image(grid, path)
         log.info("Wrote %s", path)
         written[run.name] = path
+    return written
+
+
+def finished_runs(root: str | Path) -> list[Path]:
+    """Run folders under ``root`` (a sweep or outputs folder) whose results.json says ``finished``."""
+    runs = []
+    for results in sorted(Path(root).rglob("results.json")):
+        run = results.parent
+        try:
+            status = json.loads(results.read_text()).get("status")
+        except (OSError, ValueError):
+            continue
+        if status == "finished" and (run / "checkpoints" / "best.ckpt").is_file():
+            runs.append(run)
+    return runs
+
+
+def write_sweep_glimpse_pictures(root: str | Path, out_dir: str | Path | None = None, count: int = 8,
+                                 **image_options) -> dict[str, Path | None]:
+    """``write_glimpse_pictures`` for a whole sweep: its finished runs grouped by data config, one seed per
+    group (the lowest), so each model of a data setting is shown once, on that setting's images.
+    PNGs go to ``<root>/glimpses`` unless ``out_dir`` is given."""
+    groups: dict[str, list[tuple[int, Path]]] = {}
+    for run in finished_runs(root):
+        data = run_data_config(run)
+        groups.setdefault(json.dumps(_comparable(data), sort_keys=True, default=str), []).append(
+            (int(data.get("seed", 0)), run))
+    written: dict[str, Path | None] = {}
+    for members in groups.values():
+        lowest = min(seed for seed, _ in members)
+        runs = [run for seed, run in members if seed == lowest]
+        written.update(write_glimpse_pictures(runs, out_dir or Path(root) / "glimpses", count, **image_options))
     return written
