@@ -47,9 +47,15 @@ def build_datamodule(data_cfg: DictConfig | dict) -> DistortedMNIST:
 
 
 def build_model(model_cfg: DictConfig | dict, datamodule: DistortedMNIST) -> torch.nn.Module:
+    """The configured model, checked against the model contract (one clear error when a plug-in breaks it)."""
+    from stnbench.models.contract import check_model
+
     distortion = datamodule.distortion
-    return _instantiate(model_cfg, "model", input_shape=datamodule.image_shape,
-                        num_classes=distortion.num_classes, num_steps=distortion.sequence_length or 1)
+    num_steps = distortion.sequence_length or 1
+    model = _instantiate(model_cfg, "model", input_shape=datamodule.image_shape,
+                         num_classes=distortion.num_classes, num_steps=num_steps)
+    check_model(model, datamodule.image_shape, num_classes=distortion.num_classes, num_steps=num_steps)
+    return model
 
 
 def build_module(cfg: DictConfig, datamodule: DistortedMNIST) -> STNBenchModule:

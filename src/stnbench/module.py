@@ -150,12 +150,10 @@ class STNBenchModule(L.LightningModule):
         self.val_err_best.update(torch.tensor(err))
         best = self.val_err_best.compute()
         self.log("val/err_best", best)
-        self.log("hp/val_err_best", best)
         self._log_images()
 
     def on_test_epoch_end(self) -> None:
-        err = self._log_errors("test", self._is_sequence())
-        self.log("hp/test_err", err)
+        self._log_errors("test", self._is_sequence())
 
     def _log_images(self) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)

@@ -26,7 +26,7 @@ from stnbench.run_folder import flatten
 
 COLUMNS = ["data", "model", "configuration", "runs", "seeds", "repeats", "test_err_mean", "test_err_std",
            "digit_err_mean", "published_err", "published_metric", "diff", "comparable", "source", "parameters",
-           "fit_seconds_mean", "steps"]
+           "fit_seconds_mean", "steps", "commit"]
 SHIPPED_DATA = Path(__file__).resolve().parent / "configs" / "data"
 
 
@@ -79,8 +79,20 @@ def _run_rows(root: Path) -> list[dict]:
             "fit_seconds": results.get("fit_seconds"),
             "steps": results.get("global_step"),
             "config": results.get("config"),
+            "commit": _commit(results),
+            "versions": ", ".join(f"{key.split('/')[1]} {results[key]}" for key in PROVENANCE_SHOWN
+                                  if results.get(key)),
         })
     return rows
+
+
+PROVENANCE_SHOWN = ("provenance/stnbench", "provenance/torch", "provenance/lightning", "provenance/device")
+
+
+def _commit(results: dict) -> str | None:
+    """``abc12345`` (``+dirty`` when the checkout had uncommitted changes): the code that made the run."""
+    commit = results.get("provenance/git_commit")
+    return None if not commit else commit[:8] + ("+dirty" if results.get("provenance/git_dirty") else "")
 
 
 def collect(root: str | Path) -> pd.DataFrame:
@@ -88,7 +100,7 @@ def collect(root: str | Path) -> pd.DataFrame:
     rows = _run_rows(Path(root))
     frame = pd.DataFrame(rows, columns=["run_dir", "data", "model", "transform", "seed", "status", "error",
                                         "test_err", "digit_err", "val_err_best", "parameters", "fit_seconds",
-                                        "steps", "config"])
+                                        "steps", "config", "commit", "versions"])
     frame["label"] = [model_label(m, t) for m, t in zip(frame["model"], frame["transform"], strict=True)]
     frame["configuration"] = [configuration_key(row) for row in frame.itertuples()]
     return frame
@@ -172,10 +184,12 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
         seeds = group["seed"].dropna().tolist()
         repeated = sorted({s for s in seeds if seeds.count(s) > 1})
         comparable = published is not None and not differences
+        commits = sorted(set(group["commit"].dropna()))
         rows.append({
             "data": data,
             "model": label,
             "configuration": names[(data, label, key)],
+            "commit": commits[0] if len(commits) == 1 else (f"mixed ({len(commits)})" if commits else None),
             "runs": len(group),
             "seeds": len(set(seeds)),
             "repeats": ", ".join(f"seed {s} x{seeds.count(s)}" for s in repeated),
@@ -223,11 +237,12 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
         "parameters": ["" if _missing(v) else f"{int(v):,}" for v in table["parameters"]],
         "fit s": [_cell(v) for v in table["fit_seconds_mean"]],
         "steps": [_cell(v) for v in table["steps"]],
+        "commit": [_cell(v) for v in table["commit"]],
     })
     return shown
 
 
-def to_markdown(table: pd.DataFrame, failed: pd.DataFrame, root: Path) -> str:
+def to_markdown(table: pd.DataFrame, failed: pd.DataFrame, root: Path, runs: pd.DataFrame | None = None) -> str:
     lines = [f"# stnbench report: `{root}`", ""]
     if table.empty:
         lines.append("No finished runs.")
@@ -240,6 +255,9 @@ def to_markdown(table: pd.DataFrame, failed: pd.DataFrame, root: Path) -> str:
               "per-digit error is compared with our digit error)."]
     sources = list(dict.fromkeys(table["source"].dropna())) if "source" in table else []
     lines += ["", "Published numbers: " + "; ".join(sources) + "." if sources else "", ""]
+    if runs is not None and runs["versions"].astype(bool).any():
+        seen = sorted(set(runs.loc[runs["status"] == "finished", "versions"].dropna()) - {""})
+        lines += ["Made with: " + " | ".join(seen) + "; `commit`: the stnbench checkout of each row's runs.", ""]
     if not failed.empty:
         lines += ["## Runs that did not finish", ""]
         lines += [f"- `{row.run_dir}` ({row.status}): {row.error}" for row in failed.itertuples()]
@@ -353,7 +371,7 @@ def report(root: str | Path, plots: bool = True) -> dict:
         raise SystemExit(f"stnbench-report: error: no runs under '{root}' (no results.json, no .hydra)")
     table, failed = summarise(runs), failures(runs)
     table.to_csv(root / "report.csv", index=False)
-    (root / "report.md").write_text(to_markdown(table, failed, root))
+    (root / "report.md").write_text(to_markdown(table, failed, root, runs))
     written = [root / "report.md", root / "report.csv"]
     if plots and not table.empty:
         plot_test_error(table, root / "test_error.png")
@@ -361,6 +379,10 @@ def report(root: str | Path, plots: bool = True) -> dict:
         for against, name in (("step", "val_error.png"), ("seconds", "val_error_time.png")):
             if plot_validation(runs, root / name, against):
                 written.append(root / name)
+        from stnbench.glimpses import write_sweep_glimpse_pictures
+
+        # each model's glimpses in step order, on the same test images (glimpses/<run>.png)
+        written += [path for path in write_sweep_glimpse_pictures(root).values() if path is not None]
     return {"runs": runs, "table": table, "failed": failed, "written": written}
 
 

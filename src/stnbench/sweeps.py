@@ -126,5 +126,12 @@ class SweepSummary(Callback):
         os.environ[INVOCATION_ENV] = uuid.uuid4().hex  # inherited by launcher workers started after this
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        if sweep_summary(Path(config.hydra.sweep.dir)):
+        sweep_dir = Path(config.hydra.sweep.dir)
+        try:  # TensorBoard's Custom Scalars page: every model of a dataset on one chart
+            from stnbench.tensorboard import write_sweep_layout
+
+            write_sweep_layout(sweep_dir)
+        except OSError as error:
+            log.warning("Could not write the TensorBoard layout of %s: %s", sweep_dir, error)
+        if sweep_summary(sweep_dir):
             raise SystemExit(1)

@@ -68,7 +68,6 @@ def train(cfg: DictConfig) -> dict:
 
 def _fit_and_test(cfg: DictConfig) -> dict:
     import lightning as L
-    from lightning.pytorch.loggers import TensorBoardLogger
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from stnbench.build import (
@@ -80,6 +79,8 @@ def _fit_and_test(cfg: DictConfig) -> dict:
         parameter_count,
     )
     from stnbench.callbacks import DivergenceGuard, SafeStops
+    from stnbench.provenance import provenance
+    from stnbench.tensorboard import log_hparams
 
     run_dir = Path(cfg.paths.run_dir)
     stops = SafeStops(cfg.get("checkpoint_minutes"))
@@ -97,14 +98,12 @@ def _fit_and_test(cfg: DictConfig) -> dict:
         trainer = build_trainer(cfg.trainer, loggers, callbacks)
         choices = key_choices(cfg)
         parameters = parameter_count(module.model)
+        made_by = provenance(trainer.strategy.root_device)  # which code, versions and device made the results
         for logger in loggers:  # TensorBoard's HParams tab: one row per run, its choices beside its final metrics
-            if isinstance(logger, TensorBoardLogger):
-                logger.log_hyperparams({**choices, "parameters": parameters},
-                                       metrics={"hp/val_err_best": 100.0, "hp/test_err": 100.0})
-            else:
-                logger.log_hyperparams({**choices, "parameters": parameters})
+            log_hparams(logger, choices, parameters, extra=made_by)
         results.update({
             **{f"choice/{key}": value for key, value in choices.items()},
+            **made_by,
             "parameters": parameters,
             "config": computed_config(cfg),
             "config_hash": config_hash(cfg),
