@@ -95,8 +95,8 @@ def test_launcher_configs_compose(launcher):
 def test_optuna_search_config_composes():
     cfg = compose_config(["hparams_search=optuna"])
     sweeper = cfg.hydra.sweeper
-    assert sweeper._target_.endswith("OptunaSweeper")
+    assert sweeper._target_.endswith("StnbenchOptunaSweeper")
     assert sweeper.sampler._target_ == "optuna.samplers.TPESampler"
-    assert sweeper.direction == "minimize" and "optimizer.lr" in sweeper.params
-    assert OmegaConf.to_container(sweeper, resolve=False)["storage"].startswith("${stnbench.sqlite:")
+    assert sweeper.direction == "minimize" and "optimizer.lr" in sweeper.search_spaces.baseline.params
+    assert OmegaConf.to_container(sweeper, resolve=False)["storage"].endswith("/optuna.journal")
     assert cfg.callbacks.optuna_pruning.pruner._target_ == "optuna.pruners.MedianPruner"

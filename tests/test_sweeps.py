@@ -1,5 +1,5 @@
-"""Sweeps through the real command line: a re-run skips finished runs and resumes interrupted ones, a
-user error on a single run is a clean exit, and an Optuna study on disk continues where it stopped."""
+"""Sweeps through the real command line: a re-run skips finished runs and resumes interrupted ones, and a
+user error on a single run is a clean exit (the Optuna search: test_optuna_search.py, test_optuna_sweeper.py)."""
 
 from __future__ import annotations
 
@@ -74,23 +74,3 @@ def test_user_error_on_a_single_run_is_a_clean_exit(tmp_path, monkeypatch, capsy
         main()
     assert str(exit_info.value) == "stnbench-train: error: data.batch_size must be a positive integer, got 0"
     assert not (tmp_path / "results.json").exists()  # a single run's error is not recorded as a sweep failure
-
-
-def test_optuna_study_on_disk_continues_where_it_stopped(tmp_path, cache_dir):
-    optuna = pytest.importorskip("optuna")
-    search = ["-m", "hparams_search=optuna", "model=st_cnn", *TINY]
-    first = stnbench_train([*search, "optuna_trials=1"], tmp_path, cache_dir)
-    assert first.returncode == 0, first.stderr[-3000:]
-    study_dir = tmp_path / "multirun" / "optuna_rotated_st_cnn"
-    storage = f"sqlite:///{study_dir / 'optuna.db'}"
-    assert len(optuna.load_study(study_name="optuna_rotated_st_cnn", storage=storage).trials) == 1
-
-    second = stnbench_train([*search, "optuna_trials=2"], tmp_path, cache_dir)  # a total, not 2 more
-    assert second.returncode == 0, second.stderr[-3000:]
-    trials = optuna.load_study(study_name="optuna_rotated_st_cnn", storage=storage).trials
-    assert len(trials) == 2
-    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
-    assert trials[0].params != trials[1].params  # the re-run did not repeat the first trial
-    assert all(t.intermediate_values for t in trials)  # the pruning callback reported to each trial
-    folders = [p.parent.name for p in study_dir.glob("*/results.json")]
-    assert len(folders) == 2 and all(name.startswith("rotated-st_cnn-affine-s1_") for name in folders)

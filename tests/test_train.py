@@ -79,7 +79,7 @@ def test_tensorboard_holds_scalars_hparams_and_the_transformer_grid(tmp_path, ca
     cfg = compose_config(TINY + ["data=rts", "model=st_cnn", "logger=tensorboard", "trainer.max_epochs=1",
                                  "trainer.limit_train_batches=6"], run_dir=tmp_path, cache=cache_dir)
     train(cfg)
-    events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"images": 0})
+    events = EventAccumulator(str(tmp_path), size_guidance={"images": 0})  # events in the run folder itself
     events.Reload()
     scalars = set(events.Tags()["scalars"])
     assert {"train/loss_step", "val/err", "val/err_best", "test/err", "train/stn_scale_mean"} <= scalars
@@ -87,7 +87,7 @@ def test_tensorboard_holds_scalars_hparams_and_the_transformer_grid(tmp_path, ca
     assert "val/transformer" in events.Tags()["images"]
     image = events.Images("val/transformer")[-1]
     assert image.width > 2 * 42 and image.height >= 16 * 42, "16 rows of input | warped output"
-    hparams = [path for path in tmp_path.joinpath("tensorboard").iterdir() if path.name.startswith("events")]
+    hparams = [path for path in tmp_path.iterdir() if path.name.startswith("events")]
     assert hparams and b"hparams" in b"".join(path.read_bytes() for path in hparams)
 
 
