@@ -125,7 +125,8 @@ def test_experiment_is_the_reference_recipe(tmp_path, cache_dir):
 
 def test_the_recipe_trains_end_to_end(tmp_path, cache_dir):
     """RMSprop, both clippings, the decay rule and early stopping wired into a real (tiny) run."""
-    cfg = compose_config(["experiment=sonderby_multi_digit", "model=sonderby_cnn", "data.train_mode=fresh", *TINY],
+    cfg = compose_config(["experiment=sonderby_multi_digit", "model=sonderby_cnn", "data.train_mode=fresh",
+                          "data.train_size=null", *TINY],
                          run_dir=tmp_path, cache=cache_dir)
     results = train(cfg)
     assert results["global_step"] == 2 and results["parameters"] == PARAMETERS["sonderby_cnn"]

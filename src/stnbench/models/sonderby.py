@@ -107,10 +107,12 @@ class LasagneGRUCell(nn.Module):
 
 
 class _SonderbyBase(nn.Module):
-    def __init__(self, input_shape: tuple[int, int, int], downsample: float, loc_lr_multiplier: float) -> None:
+    def __init__(self, input_shape: tuple[int, int, int], downsample: float,
+                 loc_lr_multiplier: float | None = None) -> None:
         super().__init__()
         self.glimpse_hw = glimpse_hw(input_shape, downsample)
-        self.loc_lr_multiplier = check_loc_lr_multiplier(loc_lr_multiplier)
+        if loc_lr_multiplier is not None:  # only the models with a localisation net have one
+            self.loc_lr_multiplier = check_loc_lr_multiplier(loc_lr_multiplier)
 
 
 class SonderbyCNN(_SonderbyBase):
@@ -118,8 +120,8 @@ class SonderbyCNN(_SonderbyBase):
     resampled to ``side // downsample`` by the same bilinear sampler at the identity transform."""
 
     def __init__(self, input_shape: tuple[int, int, int], num_classes: int, num_steps: int = 1,
-                 downsample: float = 3, channels: int = 96, hidden: int = 400, loc_lr_multiplier: float = 1.0) -> None:
-        super().__init__(input_shape, downsample, loc_lr_multiplier)
+                 downsample: float = 3, channels: int = 96, hidden: int = 400) -> None:
+        super().__init__(input_shape, downsample)
         self.resample = Affine()
         self.classifier = SonderbyClassifier((input_shape[0], *self.glimpse_hw), num_classes, channels, hidden,
                                              heads=num_steps)
