@@ -287,3 +287,12 @@ def test_the_sweep_summary_counts_refused_runs_of_this_invocation_only(tmp_path,
     (tmp_path / JOURNAL).write_text("".join(json.dumps(line) + "\n" for line in lines))
     monkeypatch.setenv(INVOCATION_ENV, "now")
     assert sweep_summary(tmp_path) == 2
+
+
+def test_fused_adam_with_clipping_under_mixed_precision_is_refused_early(tmp_path, cache_dir):
+    cfg = compose_config(["optimizer.fused=true", "trainer.precision=bf16-mixed", "trainer.gradient_clip_val=1.0"],
+                         run_dir=tmp_path, cache=cache_dir)
+    with pytest.raises(ConfigError, match="set optimizer.fused=false"):
+        check_config(cfg)
+    check_config(compose_config(["trainer.precision=bf16-mixed", "trainer.gradient_clip_val=1.0",
+                                 "optimizer.fused=false"], run_dir=tmp_path, cache=cache_dir))

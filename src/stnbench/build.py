@@ -62,7 +62,8 @@ def build_module(cfg: DictConfig, datamodule: DistortedMNIST) -> STNBenchModule:
     model = build_model(cfg.model, datamodule)
     scheduler = _instantiate(cfg.scheduler, "scheduler") if cfg.get("scheduler") else None
     module = STNBenchModule(model, optimizer=_instantiate(cfg.optimizer, "optimizer"), scheduler=scheduler,
-                            num_classes=datamodule.distortion.num_classes, seed=cfg.seed)
+                            num_classes=datamodule.distortion.num_classes, seed=cfg.seed,
+                            channels_last=bool(cfg.get("channels_last", False)))
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
     return module
 

@@ -24,7 +24,7 @@ from stnbench.errors import ConfigError
 
 # Config sections whose ``_target_`` decides what a run computes; loggers and callbacks only observe it.
 CHECKED_SECTIONS = ("data", "model", "optimizer", "scheduler", "trainer")
-TOP_LEVEL = {"seed": int, "skip_finished": bool, "test_after_fit": bool}
+TOP_LEVEL = {"seed": int, "skip_finished": bool, "test_after_fit": bool, "channels_last": bool}
 _ANY = object()  # "cannot check this hint": the value is accepted
 
 
@@ -202,6 +202,11 @@ def _check_values(cfg: DictConfig) -> None:
     if trainer.get("overfit_batches"):
         raise ConfigError("trainer.overfit_batches is not supported (Lightning would replace stnbench's batch "
                           "sampler and train on nothing); use debug=overfit or data.overfit_batches=N")
+    if (optimizer is not None and optimizer.get("fused") is True and trainer.get("gradient_clip_val")
+            and "mixed" in str(trainer.get("precision", ""))):
+        raise ConfigError("optimizer.fused=true cannot be combined with gradient clipping under mixed precision "
+                          "(Lightning refuses to clip gradients a fused optimizer unscales itself); set "
+                          "optimizer.fused=false")
     multiplier = (cfg.get("model") or {}).get("loc_lr_multiplier")
     if _number(multiplier) and multiplier < 0:
         raise ConfigError(f"model.loc_lr_multiplier must be >= 0, got {multiplier}")

@@ -64,9 +64,12 @@ def transform_scale(transform, thetas: torch.Tensor) -> torch.Tensor:
 
 class STNBenchModule(L.LightningModule):
     def __init__(self, model: nn.Module, optimizer: Callable, scheduler: Callable | None = None,
-                 num_classes: int = 10, seed: int = 0, preview_count: int = 16) -> None:
+                 num_classes: int = 10, seed: int = 0, preview_count: int = 16, channels_last: bool = False) -> None:
         super().__init__()
-        self.model = model
+        # channels_last: conv weights and input batches in NHWC, which oneDNN (CPU) and cuDNN run faster
+        # (scripts/bench_train.py measures it; docs/performance.md); the numbers it computes are the same model's.
+        self.channels_last = channels_last
+        self.model = model.to(memory_format=torch.channels_last) if channels_last else model
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.seed, self.preview_count = seed, preview_count
         self.metrics = nn.ModuleDict({
@@ -88,6 +91,8 @@ class STNBenchModule(L.LightningModule):
     # ---- shared step --------------------------------------------------------------------------------
     def _step(self, batch, split: str) -> torch.Tensor:
         images, targets = batch
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         output = self.model(images)
         logits = step_logits(output, targets)
         loss = classification_loss(output, targets, logits)
@@ -99,9 +104,15 @@ class STNBenchModule(L.LightningModule):
         on_step = split == "train"
         self.log(f"{split}/loss", loss.detach(), on_step=on_step, on_epoch=True, prog_bar=on_step,
                  batch_size=len(targets))
-        if output.thetas is not None and split == "train":
+        if output.thetas is not None and split == "train" and self._logged_step():
             self._log_transform_stats(output)
         return loss
+
+    def _logged_step(self) -> bool:
+        """Steps whose on-step values reach the logger (every ``log_every_n_steps``): statistics that only
+        the logger reads are computed on those steps alone, not on every training step."""
+        connector = getattr(self._trainer, "_logger_connector", None)  # Lightning's own rule for on-step logging
+        return connector is None or bool(connector.should_update_logs)
 
     def _log_transform_stats(self, output: ModelOutput) -> None:
         with torch.no_grad():
