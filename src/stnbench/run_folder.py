@@ -286,6 +286,6 @@ class CheckOutputDir(_HydraCallback):
             probe.touch()
             probe.unlink()
         except OSError as error:
-            raise SystemExit(f"{config.get('task_name', 'stnbench')}: error: cannot write to the output folder "
+            raise SystemExit(f"stnbench-{config.get('task_name', 'train')}: error: cannot write to the output folder "
                              f"'{folder}' ({error.strerror or error}); set STNBENCH_OUTPUT_DIR (or "
                              "paths.output_dir=...) to a writable folder") from None
