@@ -134,6 +134,7 @@ class RunFolder:
     """The folder a run writes to, with what it found there; ``lock`` is held until the process ends."""
 
     path: Path
+    recorded: bool = False  # the folder already holds this run's .hydra/ record (a resume or a sweep re-run)
     finished: dict | None = None  # results of a finished run of this config (a sweep re-run skips it)
     resume_from: str | None = None
     lock: Any = field(default=None, repr=False)
@@ -205,14 +206,18 @@ def open_run_folder(cfg: DictConfig, *, new_run: bool) -> RunFolder:
         if new_run and stored_config(folder) is not None:  # claimed between our look and our lock
             lock.close()
             continue
-        run = RunFolder(folder, lock=lock)
+        run = RunFolder(folder, recorded=stored is not None, lock=lock)
         if not explicit and cfg.get("skip_finished", True):
             results = read_results(folder)
             if results and results.get("status") == "finished":
                 run.finished = {**results, "skipped": True}
             elif (folder / "checkpoints" / "last.ckpt").is_file():
                 last = str(folder / "checkpoints" / "last.ckpt")
-                _refuse_drift(_checkpoint_config(last), cfg, f"checkpoint '{last}'", RunFolderTaken)
+                try:
+                    _refuse_drift(_checkpoint_config(last), cfg, f"checkpoint '{last}'", RunFolderTaken)
+                except Exception:
+                    run.release()
+                    raise
                 run.resume_from = last
         return run
     raise RunFolderTaken(f"no free run folder next to '{base}' after {MAX_SUFFIX} tries")

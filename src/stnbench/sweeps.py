@@ -22,7 +22,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from stnbench.run_folder import read_results, write_json
+from stnbench.run_folder import write_json
 
 log = logging.getLogger("stnbench")
 
@@ -104,12 +104,6 @@ def sweep_summary(sweep_dir: Path | None = None, stopped_by: str | None = None) 
     log.info("Sweep %s: %d run(s), %d did not finish. Summarise it with: stnbench-report %s",
              sweep_dir, len(entries), len(bad), sweep_dir)
     return len(bad)
-
-
-def failed_runs(sweep_dir: Path) -> list[tuple[Path, str]]:
-    """Run folders under ``sweep_dir`` whose results.json says they did not finish."""
-    return [(path.parent, results.get("error", "?")) for path in sorted(Path(sweep_dir).rglob("results.json"))
-            if (results := read_results(path.parent)) and results.get("status") != "finished"]
 
 
 try:  # Hydra callbacks are optional at import time (the report uses this module without Hydra running)

@@ -31,7 +31,6 @@ from stnbench.run_folder import (
     point_run_at,
     remove_if_empty,
     save_run_record,
-    stored_config,
     write_json,
 )
 from stnbench.sweeps import failure, is_multirun, journal, record_failure, sweep_summary
@@ -51,7 +50,7 @@ def train(cfg: DictConfig) -> dict:
             log.info("Skipping finished run %s (delete its results.json to run it again)", run.path)
             return run.finished
         point_run_at(cfg, run)
-        if stored_config(run.path) is None:
+        if not run.recorded:
             save_run_record(cfg)
         if run.resume_from:
             log.info("Resuming unfinished run from %s", run.resume_from)
