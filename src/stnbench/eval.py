@@ -58,7 +58,7 @@ def evaluate(cfg: DictConfig) -> dict:
         "seed": int(data_cfg.seed),
         "parameters": parameter_count(module.model),
         "test_seconds": round(time.perf_counter() - start, 1),
-        **{key: float(value) for key, value in tested.items() if not key.startswith("hp/")},
+        **{key: float(value) for key, value in tested.items()},
     }
     if cfg.get("picture", True):
         picture = save_transformer_picture(module, datamodule, Path(cfg.paths.run_dir) / "transformer.png")

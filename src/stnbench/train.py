@@ -127,7 +127,7 @@ def _fit_and_test(cfg: DictConfig) -> dict:
         if cfg.get("test_after_fit") and not trainer.fast_dev_run:
             checkpoint = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
             tested = trainer.test(module, datamodule=datamodule, ckpt_path=checkpoint or None, weights_only=False)
-            results.update({key: float(value) for key, value in tested[0].items() if not key.startswith("hp/")})
+            results.update({key: float(value) for key, value in tested[0].items()})
             results["tested_checkpoint"] = checkpoint or "final weights"
         results["status"] = "finished"
     except RunEnded as ended:
