@@ -109,3 +109,20 @@ def test_eval_rejects_a_file_that_is_not_a_checkpoint(tmp_path, cache_dir):
     cfg = compose_config([f"ckpt_path={bogus}"], config_name="eval", run_dir=tmp_path / "eval", cache=cache_dir)
     with pytest.raises(CheckpointError, match="unreadable"):
         evaluate(cfg)
+
+
+def test_channels_last_puts_conv_weights_and_batches_in_nhwc(tmp_path, cache_dir):
+    from stnbench.build import build_datamodule, build_module
+
+    cfg = compose_config(TINY + ["data=rts", "model=st_cnn", "channels_last=true"], run_dir=tmp_path, cache=cache_dir)
+    module = build_module(cfg, build_datamodule(cfg.data))
+    convs = [p for p in module.model.parameters() if p.dim() == 4]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    seen = []
+    module.model.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+    module._step((torch.rand(4, 1, 42, 42), torch.zeros(4, dtype=torch.long)), "val")
+    assert seen[0].is_contiguous(memory_format=torch.channels_last)
+    cfg = compose_config(TINY + ["data=rts", "model=st_cnn", "channels_last=false"], run_dir=tmp_path, cache=cache_dir)
+    module = build_module(cfg, build_datamodule(cfg.data))
+    convs = [p for p in module.model.parameters() if p.dim() == 4]
+    assert not all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
