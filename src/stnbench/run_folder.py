@@ -87,6 +87,12 @@ def _interpolation(value: Any) -> bool:
     return isinstance(value, str) and "${" in value
 
 
+def unwritable(what: str, error: OSError) -> StorageError:
+    """The one message for an output folder that cannot be written: what failed, why, and what to set."""
+    return StorageError(f"cannot write {what} ({error.strerror or error}); set STNBENCH_OUTPUT_DIR "
+                        "(or paths.output_dir=...) to a writable folder")
+
+
 def strict_json(payload: Any) -> Any:
     """NaN and infinities become None: results.json must parse as standard JSON everywhere."""
     if isinstance(payload, float):
@@ -107,8 +113,7 @@ def write_json(path: Path, payload: dict) -> None:
                                   allow_nan=False) + "\n")
         os.replace(tmp, path)
     except OSError as error:
-        raise StorageError(f"cannot write '{path}' ({error.strerror or error}); set STNBENCH_OUTPUT_DIR "
-                           "(or paths.output_dir=...) to a writable folder") from None
+        raise unwritable(f"'{path}'", error) from None
 
 
 def read_results(run_dir: Path) -> dict | None:
@@ -160,8 +165,7 @@ def _make_folder(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise StorageError(f"cannot create run folder '{folder}' ({error.strerror or error}); set "
-                           "STNBENCH_OUTPUT_DIR (or paths.output_dir=...) to a writable folder") from None
+        raise unwritable(f"run folder '{folder}'", error) from None
 
 
 def _checkpoint_config(path: str) -> dict:
@@ -251,8 +255,7 @@ def save_run_record(cfg: DictConfig) -> None:
                            folder / "hydra.yaml")
             OmegaConf.save(hydra_cfg.overrides.task, folder / "overrides.yaml")
     except OSError as error:
-        raise StorageError(f"cannot write '{folder}' ({error.strerror or error}); set STNBENCH_OUTPUT_DIR "
-                           "(or paths.output_dir=...) to a writable folder") from None
+        raise unwritable(f"'{folder}'", error) from None
 
 
 def remove_if_empty(folder: str | Path) -> None:
@@ -291,6 +294,5 @@ class CheckOutputDir(_HydraCallback):
             probe.touch()
             probe.unlink()
         except OSError as error:
-            raise SystemExit(f"stnbench-{config.get('task_name', 'train')}: error: cannot write to the output folder "
-                             f"'{folder}' ({error.strerror or error}); set STNBENCH_OUTPUT_DIR (or "
-                             "paths.output_dir=...) to a writable folder") from None
+            message = unwritable(f"to the output folder '{folder}'", error)
+            raise SystemExit(f"stnbench-{config.get('task_name', 'train')}: error: {message}") from None

@@ -232,11 +232,14 @@ class DistortedMNIST(L.LightningDataModule):
             sampler = self._sampler("train", self.batch_size, shuffle=True)
         return ResumableLoader(sampler, self._batches_done)
 
+    def _eval_loader(self, split: str) -> DataLoader:
+        return DataLoader(_PassThrough(), sampler=self._sampler(split, self.eval_batch_size, False), batch_size=None)
+
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(_PassThrough(), sampler=self._sampler("val", self.eval_batch_size, False), batch_size=None)
+        return self._eval_loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return DataLoader(_PassThrough(), sampler=self._sampler("test", self.eval_batch_size, False), batch_size=None)
+        return self._eval_loader("test")
 
     def _batches_done(self) -> int:
         """Batches of the current epoch already trained on: 0 when an epoch starts, k when a run resumes
