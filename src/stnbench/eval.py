@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from stnbench.build import (
     parameter_count,
     write_json,
 )
+from stnbench.cli_help import help_requested, print_help
 from stnbench.errors import CheckpointError
 from stnbench.module import STNBenchModule
 from stnbench.run_folder import config_drift, remove_if_empty
@@ -84,7 +86,7 @@ def save_transformer_picture(module: STNBenchModule, datamodule, path: Path, cou
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="eval")
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     try:
         evaluate(cfg)
     except USER_ERRORS as error:
@@ -92,6 +94,14 @@ def main(cfg: DictConfig) -> None:
         for folder in (run_dir, run_dir.parent, run_dir.parent.parent):  # the empty eval folders Hydra made
             remove_if_empty(folder)
         raise SystemExit(f"stnbench-eval: error: {error}") from None
+
+
+def main() -> None:
+    """The stnbench-eval command: ``--help`` answers from stnbench.cli_help, everything else goes to Hydra."""
+    if help_requested(sys.argv[1:]):
+        print_help("eval", sys.argv[1:])
+        return
+    hydra_main()
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 from pathlib import Path
 
 import hydra
@@ -15,6 +16,7 @@ import torch  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from stnbench.build import USER_ERRORS, build_datamodule  # noqa: E402
+from stnbench.cli_help import help_requested, print_help
 from stnbench.data.distortions import ConfigError  # noqa: E402
 
 log = logging.getLogger("stnbench")
@@ -72,11 +74,19 @@ def gallery(cfg: DictConfig) -> Path:
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="gallery")
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     try:
         gallery(cfg)
     except USER_ERRORS as error:
         raise SystemExit(f"stnbench-gallery: error: {error}") from None
+
+
+def main() -> None:
+    """The stnbench-gallery command: ``--help`` answers from stnbench.cli_help, everything else goes to Hydra."""
+    if help_requested(sys.argv[1:]):
+        print_help("gallery", sys.argv[1:])
+        return
+    hydra_main()
 
 
 if __name__ == "__main__":

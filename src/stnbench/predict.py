@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from stnbench.build import USER_ERRORS, load_checkpoint
+from stnbench.cli_help import help_requested, print_help
 from stnbench.errors import ConfigError
 from stnbench.module import CONFIG_KEY
 
@@ -190,12 +191,20 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="predict")
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     try:
         run(cfg)
     except USER_ERRORS as error:
         raise SystemExit(f"stnbench-predict: error: {error}") from None
     sys.stdout.flush()
+
+
+def main() -> None:
+    """The stnbench-predict command: ``--help`` answers from stnbench.cli_help, everything else goes to Hydra."""
+    if help_requested(sys.argv[1:]):
+        print_help("predict", sys.argv[1:])
+        return
+    hydra_main()
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from stnbench.cli_help import help_requested, print_help
 from stnbench.config_checks import check_config
 from stnbench.errors import USER_ERRORS, NoTraining, RunEnded, RunInterrupted
 from stnbench.run_folder import (
@@ -160,7 +161,7 @@ def _fail(message: str, code: int) -> None:
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def hydra_main(cfg: DictConfig) -> float | None:
     sweep = is_multirun()
     try:
         results = train(cfg)
@@ -184,6 +185,14 @@ def main(cfg: DictConfig) -> float | None:
     if sweep:
         journal(cfg, results)
     return results.get("val/err_best")  # the objective of hyper-parameter searches
+
+
+def main() -> None:
+    """The stnbench-train command: ``--help`` answers from stnbench.cli_help, everything else goes to Hydra."""
+    if help_requested(sys.argv[1:]):
+        print_help("train", sys.argv[1:])
+        return
+    hydra_main()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,36 @@
+"""The fast ``--help`` (stnbench.cli_help): what it lists, that overrides apply, and one-line errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from stnbench.cli_help import config_groups, help_requested, help_text, print_help
+
+
+def test_groups_are_the_config_folders_choices_without_building_blocks():
+    groups = config_groups()
+    assert "rts" in groups["data"] and "_datamodule" not in groups["data"]
+    assert groups["model/transform"] == ["affine", "attention", "projective", "tps"]
+    assert groups["hydra/launcher"] == ["local", "slurm"]  # ours, and users need it for parallel sweeps
+    assert "hydra" not in groups
+
+
+def test_help_shows_the_composed_config_with_the_overrides_applied():
+    text = help_text("train", ["model=cnn", "optimizer.lr=0.123"])
+    assert "stnbench.models.classifiers.Baseline" in text and "lr: 0.123" in text
+    assert "stnbench.models.stn.STClassifier" not in text
+
+
+def test_a_bad_override_in_help_is_one_line_naming_the_options(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        print_help("train", ["model=nope", "--help"])
+    message = str(exit_info.value)
+    assert message.startswith("stnbench-train: error: ") and "\n" not in message
+    assert "model/nope" in message and "st_cnn" in message
+
+
+def test_only_plain_help_is_answered_here():
+    assert help_requested(["--help"]) and help_requested(["data=rts", "-h"])
+    assert not help_requested(["data=rts"])
+    assert not help_requested(["--help", "--resolve"])  # flags only Hydra knows go to Hydra
+    assert not help_requested(["--hydra-help"])
