@@ -69,13 +69,17 @@ def test_experiment_grid_composes_and_builds(name, tmp_path, cache_dir):
     assert built > 0
 
 
-@pytest.mark.parametrize("schedule", ["paper", "quick"])
+@pytest.mark.parametrize("schedule", ["paper", "quick", "fast"])
 def test_schedules_set_the_budget(schedule, tmp_path, cache_dir):
     cfg = compose_config([f"schedule={schedule}"], run_dir=tmp_path, cache=cache_dir)
     if schedule == "paper":
         assert cfg.trainer.max_steps == 150000 and cfg.data.batch_size == 256
         assert cfg.optimizer._target_ == "torch.optim.SGD" and cfg.optimizer.lr == 0.01
         assert cfg.scheduler.step_size == 50000 and cfg.scheduler.gamma == 0.1
+    elif schedule == "fast":  # every training digit each epoch, all 10k held-out digits validated each epoch
+        assert cfg.trainer.max_epochs == 15 and cfg.trainer.limit_train_batches is None
+        assert cfg.trainer.limit_val_batches is None and cfg.data.batch_size == 64 and cfg.optimizer.lr == 0.002
+        assert cfg.scheduler._target_.endswith("cosine_schedule") and cfg.scheduler.final_fraction == 0.0
     else:
         assert cfg.trainer.max_epochs * cfg.trainer.limit_train_batches <= 1000
 
@@ -83,6 +87,8 @@ def test_schedules_set_the_budget(schedule, tmp_path, cache_dir):
 def test_command_line_schedule_beats_the_experiments(tmp_path, cache_dir):
     cfg = compose_config(["experiment=jaderberg_table1", "schedule=paper"], run_dir=tmp_path, cache=cache_dir)
     assert cfg.trainer.max_steps == 150000 and cfg.sweep_name == "jaderberg_table1"
+    cfg = compose_config(["experiment=jaderberg_table1_baselines", "schedule=fast"], run_dir=tmp_path, cache=cache_dir)
+    assert cfg.trainer.max_epochs == 15 and cfg.data.batch_size == 64 and cfg.sweep_name == "jaderberg_table1"
 
 
 @pytest.mark.parametrize("launcher", ["local", "slurm"])
