@@ -66,6 +66,9 @@ def test_sigterm_mid_epoch_checkpoints_and_resumes_exactly(tmp_path, cache_dir, 
     assert results["status"] == "interrupted" and results["global_step"] == 4
     checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
     assert checkpoint["global_step"] == 4 and checkpoint["epoch"] == 0  # inside the first epoch
+    assert checkpoint["callbacks"]["FitClock"]["seconds"] > 0
+    checkpoint["callbacks"]["FitClock"]["seconds"] = 1000.0  # as if the first segment had taken 1000 s
+    torch.save(checkpoint, tmp_path / "checkpoints" / "last.ckpt")
 
     resumed = train(compose_config(RESUMABLE + [f"ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}"],
                                    run_dir=tmp_path, cache=cache_dir))
@@ -73,6 +76,8 @@ def test_sigterm_mid_epoch_checkpoints_and_resumes_exactly(tmp_path, cache_dir, 
     assert resumed["status"] == "finished" and resumed["global_step"] == expected["global_step"] == 20
     assert resumed["val/err_best"] == expected["val/err_best"] and resumed["test/err"] == expected["test/err"]
     assert _same_weights(_weights(tmp_path), weights)
+    # fit_seconds is what the result cost: the earlier segment's seconds plus this command's, not this one's alone
+    assert 1000 < resumed["fit_seconds"] < 1000 + resumed["wall_seconds"]
 
 
 def _wait_for(predicate, timeout: float = 240.0) -> None:

@@ -1,4 +1,4 @@
-"""Small Lightning callbacks of stnbench's own: the epoch log line, divergence, and safe stops."""
+"""Small Lightning callbacks of stnbench's own: the epoch log line, divergence, safe stops, the fit clock."""
 
 from __future__ import annotations
 
@@ -148,3 +148,31 @@ class SafeStops(L.Callback):
         self._last_save = time.monotonic()
         log.info("Saved a resumable checkpoint at step %d: %s", trainer.global_step, path)
         return path
+
+
+class FitClock(L.Callback):
+    """Seconds spent fitting, carried across resumes in the checkpoint, so a resumed run's ``fit_seconds``
+    is the time its result cost: every earlier segment up to its last checkpoint plus this one (work lost
+    after that checkpoint and done again counts once). Logged as ``time/fit_seconds`` at every validation,
+    which is what the report's error-against-time curves use: wall-clock event times would include the
+    hours a run spent stopped."""
+
+    def __init__(self) -> None:
+        self.before = 0.0
+        self.started: float | None = None
+
+    def seconds(self) -> float:
+        return self.before + (time.perf_counter() - self.started if self.started is not None else 0.0)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.started = time.perf_counter()
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            pl_module.log("time/fit_seconds", self.seconds(), on_epoch=True, sync_dist=False)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seconds": self.seconds()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.before = float(state_dict.get("seconds", 0.0))

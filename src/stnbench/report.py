@@ -8,7 +8,7 @@ the config keys that tell it apart from rows of the same data and model; it give
 error over seeds (a seed run twice is flagged), the published error and our difference to it (only where
 the row's data setting is the paper's: otherwise "not comparable" and why), parameters and training time.
 Written as report.md, report.csv, test_error.png, val_error.png (against steps) and val_error_time.png
-(against wall-clock seconds) into the folder, and printed.
+(against seconds of fitting) into the folder, and printed.
 """
 
 from __future__ import annotations
@@ -294,15 +294,17 @@ def plot_test_error(table: pd.DataFrame, path: Path) -> None:
 
 
 def validation_curve(run_dir: str | Path) -> list[tuple[int, float, float]]:
-    """(step, seconds since the run's first logged point, val/err) of a run: from its TensorBoard events
-    (in the run folder or an older run's tensorboard/ subfolder), else from a CSV logger's metrics.csv
-    (which has no times: seconds are NaN there). A resumed run's seconds include its interruption."""
+    """(step, seconds of fitting, val/err) of a run: from its TensorBoard events (in the run folder or an
+    older run's tensorboard/ subfolder), else from a CSV logger's metrics.csv. Seconds are the run's own
+    ``time/fit_seconds`` (stnbench.callbacks.FitClock: summed over resumed segments, stops excluded); runs
+    made before it was logged fall back to event times since the first logged point, NaN in a CSV without it."""
     run_dir = Path(run_dir)
     events = sorted(p for p in run_dir.glob("**/events.out.tfevents.*") if "eval" not in p.relative_to(run_dir).parts)
     if events:
         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
         points: dict[int, tuple[float, float]] = {}
+        clock: dict[int, float] = {}
         first = float("inf")
         for event_file in events:  # a resumed run writes a second events file into the same folder
             accumulator = EventAccumulator(str(event_file), size_guidance={"scalars": 0})
@@ -312,13 +314,17 @@ def validation_curve(run_dir: str | Path) -> list[tuple[int, float, float]]:
                 first = min([first] + [e.wall_time for e in accumulator.Scalars(tag)][:1])
             if "val/err" in tags:
                 points.update({e.step: (e.wall_time, e.value) for e in accumulator.Scalars("val/err")})
+            if "time/fit_seconds" in tags:
+                clock.update({e.step: e.value for e in accumulator.Scalars("time/fit_seconds")})
         if points:
-            return [(step, wall - first, value) for step, (wall, value) in sorted(points.items())]
+            return [(step, clock.get(step, wall - first), value) for step, (wall, value) in sorted(points.items())]
     for csv in run_dir.glob("csv/**/metrics.csv"):
         frame = pd.read_csv(csv)
         if "val/err" in frame:
             frame = frame.dropna(subset=["val/err"])
-            return [(int(s), math.nan, float(v)) for s, v in zip(frame["step"], frame["val/err"], strict=True)]
+            seconds = frame["time/fit_seconds"] if "time/fit_seconds" in frame else [math.nan] * len(frame)
+            return [(int(step), float(sec), float(err))
+                    for step, sec, err in zip(frame["step"], seconds, frame["val/err"], strict=True)]
     return []
 
 
@@ -351,7 +357,7 @@ def plot_validation(runs: pd.DataFrame, path: Path, against: str = "step") -> in
             seen.add(row.label)
             curves += 1
         ax.set_title(data)
-        ax.set_xlabel("step" if against == "step" else "wall-clock seconds")
+        ax.set_xlabel("step" if against == "step" else "seconds of fitting")
         ax.set_ylabel("validation error %")
         ax.legend(fontsize="small")
     fig.tight_layout()

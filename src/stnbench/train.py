@@ -18,6 +18,7 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
 from omegaconf import DictConfig
@@ -35,6 +36,9 @@ from stnbench.run_folder import (
     write_json,
 )
 from stnbench.sweeps import failure, is_multirun, journal, record_failure, sweep_summary
+
+if TYPE_CHECKING:  # the callbacks import Lightning: only once a run starts (a fast --help and config errors)
+    from stnbench.callbacks import FitClock
 
 log = logging.getLogger("stnbench")
 
@@ -78,7 +82,7 @@ def _fit_and_test(cfg: DictConfig) -> dict:
         key_choices,
         parameter_count,
     )
-    from stnbench.callbacks import DivergenceGuard, SafeStops
+    from stnbench.callbacks import DivergenceGuard, FitClock, SafeStops
     from stnbench.provenance import provenance
     from stnbench.tensorboard import log_hparams
 
@@ -94,7 +98,8 @@ def _fit_and_test(cfg: DictConfig) -> dict:
         module = build_module(cfg, datamodule)
         loggers = instantiate_group(cfg.get("logger"), "logger")
         callbacks = instantiate_group(cfg.get("callbacks"), "callbacks")
-        callbacks += [stops, DivergenceGuard(**cfg.get("divergence", {}))]
+        clock = FitClock()
+        callbacks += [stops, clock, DivergenceGuard(**cfg.get("divergence", {}))]
         trainer = build_trainer(cfg.trainer, loggers, callbacks)
         choices = key_choices(cfg)
         parameters = parameter_count(module.model)
@@ -117,7 +122,7 @@ def _fit_and_test(cfg: DictConfig) -> dict:
             trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         except SIGTERMException:  # Lightning's own stop (a SIGTERM before our handler was back in place)
             raise RunInterrupted("stopped by SIGTERM", 15) from None
-        results.update(_progress(trainer, module, start))
+        results.update(_progress(trainer, module, clock))
         if stops.signum is not None:
             raise RunInterrupted("stopped by a signal after training; run again to test", stops.signum)
         if trainer.global_step == 0:
@@ -133,7 +138,7 @@ def _fit_and_test(cfg: DictConfig) -> dict:
         results["status"] = "finished"
     except RunEnded as ended:
         if trainer is not None:
-            results.update(_progress(trainer, module, start))
+            results.update(_progress(trainer, module, clock))
         results.update({"status": ended.status, "error": str(ended)})
         raise
     finally:
@@ -145,11 +150,12 @@ def _fit_and_test(cfg: DictConfig) -> dict:
     return results
 
 
-def _progress(trainer, module, start: float) -> dict:
+def _progress(trainer, module, clock: FitClock) -> dict:
     """Where training got to; ``val/err_best`` from the module's persisted best (also right after a resume
-    of a run whose training had already finished, where Lightning's callback metrics are empty)."""
+    of a run whose training had already finished, where Lightning's callback metrics are empty), and the
+    seconds of fitting it cost over all its segments (``wall_seconds`` is this command's)."""
     best = float(getattr(module.val_err_best, module.val_err_best.state_name))  # inf: never validated
-    return {"fit_seconds": round(time.perf_counter() - start, 1), "epochs": trainer.current_epoch,
+    return {"fit_seconds": round(clock.seconds(), 1), "epochs": trainer.current_epoch,
             "global_step": trainer.global_step, "val/err_best": best}
 
 
