@@ -31,6 +31,14 @@ def test_dirty_flag_follows_the_working_tree(tmp_path):
     subprocess.run([*git, "-C", str(tmp_path), "commit", "-qm", "a"], check=True)
     commit, dirty = git_state(tmp_path)
     assert commit is not None and len(commit) == 40 and dirty is False
+    (tmp_path / "notes.txt").write_text("an untracked note is not code\n")
+    git_state.cache_clear()
+    assert git_state(tmp_path) == (commit, False)
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "fast.yaml").write_text("lr: 1\n")  # a new, uncommitted config option
+    git_state.cache_clear()
+    assert git_state(tmp_path) == (commit, True)
+    (tmp_path / "conf" / "fast.yaml").unlink()
     (tmp_path / "a.py").write_text("x = 2\n")
     git_state.cache_clear()
     assert git_state(tmp_path) == (commit, True)

@@ -19,16 +19,19 @@ SOURCE_DIR = Path(__file__).resolve().parent
 
 @functools.lru_cache(maxsize=1)
 def git_state(path: Path = SOURCE_DIR) -> tuple[str | None, bool | None]:
-    """(commit, dirty) of the git checkout holding ``path`` (dirty: tracked files changed, configs included),
-    or (None, None) when there is none."""
+    """(commit, dirty) of the git checkout holding ``path``, or (None, None) when there is none. Dirty: a
+    tracked file changed, or an untracked .py/.yaml file exists (a new config option or module the run may
+    have used; other untracked files, such as notes, do not make a run's code differ from its commit)."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True,
                                 timeout=10, check=True).stdout.strip()
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"],
                                 cwd=path, capture_output=True, text=True, timeout=10, check=True).stdout
     except (OSError, subprocess.SubprocessError):
         return None, None
-    return commit or None, bool(status.strip())
+    changed = [line for line in status.splitlines()
+               if not line.startswith("??") or line.rstrip().endswith((".py", ".yaml"))]
+    return commit or None, bool(changed)
 
 
 def _version(package: str) -> str | None:
