@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from stnbench.cli_help import config_groups, help_requested, help_text, print_help
@@ -34,3 +38,12 @@ def test_only_plain_help_is_answered_here():
     assert not help_requested(["data=rts"])
     assert not help_requested(["--help", "--resolve"])  # flags only Hydra knows go to Hydra
     assert not help_requested(["--hydra-help"])
+
+
+@pytest.mark.parametrize("command, config_key", [("stnbench-train", "test_after_fit:"), ("stnbench-eval", "ckpt_path:"),
+                                                 ("stnbench-predict", "ckpt_path:"), ("stnbench-gallery", "data:")])
+def test_every_hydra_command_answers_help_with_its_own_config(command, config_key, tmp_path):
+    script = Path(sys.executable).with_name(command)
+    result = subprocess.run([str(script), "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: " + command) and config_key in result.stdout

@@ -8,6 +8,8 @@ folder. Anything else (``--hydra-help``, ``--cfg``, ``--resolve``) is left to Hy
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from importlib.resources import files
 from importlib.resources.abc import Traversable
 
@@ -73,3 +75,11 @@ def one_line(message: str) -> str:
     first, _, rest = message.partition("\n")
     options = [line.strip() for line in rest.split("Config search path")[0].splitlines() if line.startswith("\t")]
     return f"{first} (options: {', '.join(options)})" if options else first
+
+
+def run_command(config_name: str, hydra_main: Callable[[], object]) -> None:
+    """An entry point's body: plain ``--help`` is answered here, everything else goes to ``hydra_main``."""
+    if help_requested(sys.argv[1:]):
+        print_help(config_name, sys.argv[1:])
+        return
+    hydra_main()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from stnbench.build import (
     parameter_count,
     write_json,
 )
-from stnbench.cli_help import help_requested, print_help
+from stnbench.cli_help import run_command
 from stnbench.errors import CheckpointError
 from stnbench.module import STNBenchModule
 from stnbench.run_folder import config_drift, remove_if_empty
@@ -97,11 +96,8 @@ def hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    """The stnbench-eval command: ``--help`` answers from stnbench.cli_help, everything else goes to Hydra."""
-    if help_requested(sys.argv[1:]):
-        print_help("eval", sys.argv[1:])
-        return
-    hydra_main()
+    """The stnbench-eval command (a fast ``--help``, see stnbench.cli_help)."""
+    run_command("eval", hydra_main)
 
 
 if __name__ == "__main__":

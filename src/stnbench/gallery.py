@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 from pathlib import Path
 
 import hydra
@@ -16,7 +15,7 @@ import torch  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from stnbench.build import USER_ERRORS, build_datamodule  # noqa: E402
-from stnbench.cli_help import help_requested, print_help
+from stnbench.cli_help import run_command
 from stnbench.data.distortions import ConfigError  # noqa: E402
 
 log = logging.getLogger("stnbench")
@@ -82,11 +81,8 @@ def hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    """The stnbench-gallery command: ``--help`` answers from stnbench.cli_help, everything else goes to Hydra."""
-    if help_requested(sys.argv[1:]):
-        print_help("gallery", sys.argv[1:])
-        return
-    hydra_main()
+    """The stnbench-gallery command (a fast ``--help``, see stnbench.cli_help)."""
+    run_command("gallery", hydra_main)
 
 
 if __name__ == "__main__":

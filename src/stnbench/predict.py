@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from stnbench.build import USER_ERRORS, load_checkpoint
-from stnbench.cli_help import help_requested, print_help
+from stnbench.cli_help import run_command
 from stnbench.errors import ConfigError
 from stnbench.module import CONFIG_KEY
 
@@ -200,11 +200,8 @@ def hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    """The stnbench-predict command: ``--help`` answers from stnbench.cli_help, everything else goes to Hydra."""
-    if help_requested(sys.argv[1:]):
-        print_help("predict", sys.argv[1:])
-        return
-    hydra_main()
+    """The stnbench-predict command (a fast ``--help``, see stnbench.cli_help)."""
+    run_command("predict", hydra_main)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import hydra
 from omegaconf import DictConfig
 
-from stnbench.cli_help import help_requested, print_help
+from stnbench.cli_help import run_command
 from stnbench.config_checks import check_config
 from stnbench.errors import USER_ERRORS, NoTraining, RunEnded, RunInterrupted
 from stnbench.run_folder import (
@@ -194,11 +194,8 @@ def hydra_main(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
-    """The stnbench-train command: ``--help`` answers from stnbench.cli_help, everything else goes to Hydra."""
-    if help_requested(sys.argv[1:]):
-        print_help("train", sys.argv[1:])
-        return
-    hydra_main()
+    """The stnbench-train command (a fast ``--help``, see stnbench.cli_help)."""
+    run_command("train", hydra_main)
 
 
 if __name__ == "__main__":
