@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from pathlib import Path
 
 import pytest
 
@@ -52,7 +53,18 @@ def test_validation_curves_come_from_tensorboard(sweep_dir):
     curves = [report_module.validation_curve(d) for d in runs[runs["status"] == "finished"]["run_dir"]]
     assert len(curves) == 2  # one validation per run (1 epoch), logged near its last step (3)
     assert all(len(curve) == 1 and 2 <= curve[0][0] <= 3 and 0 <= curve[0][2] <= 100 for curve in curves)
-    assert all(0 < curve[0][1] < 600 for curve in curves)  # seconds since the run's first logged point
+    assert all(0 < curve[0][1] < 600 for curve in curves)
+    # the seconds are the run's own fit clock (time/fit_seconds, carried across resumes), not event times
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for run_dir, curve in zip(runs[runs["status"] == "finished"]["run_dir"], curves, strict=True):
+        clock = {}
+        for events in Path(run_dir).glob("**/events.out.tfevents.*"):
+            accumulator = EventAccumulator(str(events), size_guidance={"scalars": 0})
+            accumulator.Reload()
+            if "time/fit_seconds" in accumulator.Tags()["scalars"]:
+                clock.update({e.step: e.value for e in accumulator.Scalars("time/fit_seconds")})
+        assert curve[0][1] == clock[curve[0][0]]
 
 
 def test_cli_prints_the_table(sweep_dir, capsys):
