@@ -25,16 +25,17 @@ BACKGROUND = 0.0
 def fp32(function: Callable) -> Callable:
     """Run ``function`` with autocast off and its tensor arguments in float32 (a no-op in fp32 training)."""
 
+    def as_float(value):
+        return value.float() if isinstance(value, torch.Tensor) and value.is_floating_point() else value
+
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
         tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
         device = tensors[0].device.type if tensors else "cpu"
         if not torch.is_autocast_enabled(device):
             return function(*args, **kwargs)
-        cast = [a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args]
         with torch.autocast(device, enabled=False):
-            return function(*cast, **{k: v.float() if isinstance(v, torch.Tensor) and v.is_floating_point() else v
-                                      for k, v in kwargs.items()})
+            return function(*map(as_float, args), **{key: as_float(value) for key, value in kwargs.items()})
 
     return wrapper
 
