@@ -182,13 +182,22 @@ TINY = ["trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "trainer
         "+trainer.num_sanity_val_steps=0", "callbacks.model_summary=null"]
 
 
-def test_seed_hypothesis_sweep_is_the_five_models_on_one_budget():
+def test_seed_hypothesis_sweep_is_the_five_models_on_one_wall_clock_budget():
     cfg = compose_config(["experiment=seed_hypothesis"], run_dir=None)
     params = cfg.hydra.sweeper.params
     assert params.model.split(",") == ["cnn", "st_cnn", "rnn_stn", "recurrent_stn", "recurrent_stn_no_feedback"]
     assert len(params.seed.split(",")) >= 2 and params.data == "multi_digit"
     assert cfg.data.distortion.num_digits == 2 and cfg.data.distortion.canvas_size == 60
-    assert cfg.trainer.max_steps == -1 and cfg.trainer.max_epochs * cfg.trainer.limit_train_batches == 5000
+    # the same wall-clock budget for every model: budget.minutes over each model's measured seconds per step
+    for model in params.model.split(","):
+        one = compose_config(["experiment=seed_hypothesis", f"model={model}"])
+        seconds = one.budget.seconds_per_step[model]
+        assert one.trainer.max_steps == round(one.budget.minutes * 60 / seconds) > 1000, model
+        assert one.trainer.max_epochs * one.trainer.limit_train_batches > one.trainer.max_steps
+    fixed = compose_config(["experiment=seed_hypothesis", "model=cnn", "trainer.max_steps=5000"])
+    assert fixed.trainer.max_steps == 5000
+    with pytest.raises(Exception, match=r"no entry for model=fcn.*trainer.max_steps=N"):
+        compose_config(["experiment=seed_hypothesis", "model=fcn"]).trainer.max_steps
     paper = compose_config(["experiment=seed_hypothesis", "schedule=paper"])
     assert paper.data.distortion.num_digits == 3 and paper.data.distortion.canvas_size == 100
     assert paper.trainer.max_steps == 150000 and paper.hydra.sweeper.params.model == params.model

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
 from stnbench.errors import ConfigError
 
@@ -33,6 +34,14 @@ def check_config(cfg: DictConfig) -> None:
 
     Cheap rules first (they need no import); the type hints of the targets come last, since reading them
     imports the targets' modules (torch, Lightning: seconds)."""
+    try:
+        _check_config(cfg)
+    except InterpolationResolutionError as error:  # e.g. a resolver's ConfigError: its own line, and the key
+        message = error.msg.splitlines()[0].removeprefix("ConfigError raised while resolving interpolation: ")
+        raise ConfigError(f"{error.full_key}: {message}") from None
+
+
+def _check_config(cfg: DictConfig) -> None:
     for key, expected in TOP_LEVEL.items():
         if key in cfg:
             _check_value(key, cfg[key], expected)

@@ -80,9 +80,28 @@ def resume_dir(ckpt_path: str | None, default: str) -> str:
     return default
 
 
+def budget_steps(minutes: float, seconds_per_step, model: str) -> int:
+    """Training steps that fill ``minutes`` for ``model``, from its measured seconds per step.
+
+    An equal wall-clock budget per model (experiment=seed_hypothesis) as a fixed step count: the cosine
+    schedule needs its length in steps, and a rerun on any machine takes the same steps.
+    """
+    from stnbench.errors import ConfigError
+
+    if model not in seconds_per_step:
+        raise ConfigError(f"budget.seconds_per_step has no entry for model={model} (it has "
+                          f"{', '.join(seconds_per_step)}); measure it with scripts/bench_seed_hypothesis.py and "
+                          f"add it, or give the run a step budget with trainer.max_steps=N")
+    seconds = float(seconds_per_step[model])
+    if not (minutes > 0 and seconds > 0):
+        raise ConfigError(f"budget.minutes={minutes} and budget.seconds_per_step.{model}={seconds} must be > 0")
+    return max(1, round(minutes * 60 / seconds))
+
+
 def register() -> None:
     resolvers = {"stnbench.resume_dir": resume_dir, "stnbench.transform_tag": transform_tag,
-                 "stnbench.override_tag": override_tag, "stnbench.choice": choice}
+                 "stnbench.override_tag": override_tag, "stnbench.choice": choice,
+                 "stnbench.budget_steps": budget_steps}
     for name, function in resolvers.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, function, use_cache=False)
