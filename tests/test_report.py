@@ -35,6 +35,14 @@ def test_report_gives_means_counts_and_failures(sweep_dir):
     assert (row["data"], row["model"], row["runs"], row["seeds"], row["repeats"]) == ("rotated", "fcn", 2, 2, "")
     assert row["test_err_mean"] == pytest.approx(statistics.mean(errors), abs=0.01)
     assert row["test_err_std"] == pytest.approx(statistics.stdev(errors), abs=0.01)
+    # multi-digit runs: the per-digit error gets its spread over seeds too (issue 13's table)
+    runs = report_module.collect(sweep_dir)
+    runs["digit_err"] = [1.0 + 2.0 * i for i in range(len(runs))]
+    digit_errors = runs.loc[runs["status"] == "finished", "digit_err"].tolist()
+    multi = report_module.summarise(runs)
+    assert multi.iloc[0]["digit_err_std"] == pytest.approx(statistics.stdev(digit_errors), abs=0.01)
+    shown = report_module.display_table(multi).iloc[0]["digit err %"]
+    assert shown == f"{statistics.mean(digit_errors):.2f} ± {statistics.stdev(digit_errors):.2f}"
     published = lookup("rotated", "fcn", None)
     assert row["published_err"] == published.err
     assert row["diff"] == pytest.approx(statistics.mean(errors) - published.err, abs=0.02)

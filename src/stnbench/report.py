@@ -25,7 +25,7 @@ from stnbench.published import lookup
 from stnbench.run_folder import flatten
 
 COLUMNS = ["data", "model", "configuration", "runs", "seeds", "repeats", "test_err_mean", "test_err_std",
-           "digit_err_mean", "published_err", "published_metric", "diff", "comparable", "source", "parameters",
+           "digit_err_mean", "digit_err_std", "published_err", "published_metric", "diff", "comparable", "source", "parameters",
            "fit_seconds_mean", "steps", "commit"]
 SHIPPED_DATA = Path(__file__).resolve().parent / "configs" / "data"
 
@@ -196,6 +196,7 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
             "test_err_mean": _round(ours),
             "test_err_std": _round(group["test_err"].std(ddof=1)) if len(group) > 1 else None,
             "digit_err_mean": _round(group["digit_err"].mean()) if group["digit_err"].notna().any() else None,
+            "digit_err_std": _round(group["digit_err"].std(ddof=1)) if group["digit_err"].notna().sum() > 1 else None,
             "published_err": published.err if comparable else None,
             "published_metric": published.metric if comparable else None,
             "source": published.source if comparable else None,
@@ -229,7 +230,8 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
         "seeds": [f"{n}" + (f" ({r})" if r else "") for n, r in zip(table["seeds"], table["repeats"], strict=True)],
         "test err % (mean ± std)": [f"{m:.2f}" + ("" if _missing(s) else f" ± {s:.2f}") for m, s
                                     in zip(table["test_err_mean"], table["test_err_std"], strict=True)],
-        "digit err %": [_cell(v) for v in table["digit_err_mean"]],
+        "digit err %": ["" if _missing(m) else f"{m:.2f}" + ("" if _missing(s) else f" ± {s:.2f}") for m, s
+                        in zip(table["digit_err_mean"], table["digit_err_std"], strict=True)],
         "published %": [_cell(v) + (" (digit)" if m == "test/digit_err" else "")
                         for v, m in zip(table["published_err"], table["published_metric"], strict=True)],
         "diff": [_cell(v) if c in ("yes", "") else c for v, c in zip(table["diff"], table["comparable"],
