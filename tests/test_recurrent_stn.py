@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from conftest import compose_config
+from stnbench.config_checks import check_config
 from stnbench.errors import ConfigError
 from stnbench.models.recurrent_stn import RecurrentSTN
 from stnbench.module import STNBenchModule, classification_loss, step_logits
@@ -182,7 +183,7 @@ TINY = ["trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "trainer
         "+trainer.num_sanity_val_steps=0", "callbacks.model_summary=null"]
 
 
-def test_seed_hypothesis_sweep_is_the_five_models_on_one_wall_clock_budget():
+def test_seed_hypothesis_sweep_is_the_five_models_on_one_wall_clock_budget(tmp_path):
     cfg = compose_config(["experiment=seed_hypothesis"], run_dir=None)
     params = cfg.hydra.sweeper.params
     assert params.model.split(",") == ["cnn", "st_cnn", "rnn_stn", "recurrent_stn", "recurrent_stn_no_feedback"]
@@ -196,8 +197,8 @@ def test_seed_hypothesis_sweep_is_the_five_models_on_one_wall_clock_budget():
         assert one.trainer.max_epochs * one.trainer.limit_train_batches > one.trainer.max_steps
     fixed = compose_config(["experiment=seed_hypothesis", "model=cnn", "trainer.max_steps=5000"])
     assert fixed.trainer.max_steps == 5000
-    with pytest.raises(Exception, match=r"no entry for model=fcn.*trainer.max_steps=N"):
-        compose_config(["experiment=seed_hypothesis", "model=fcn"]).trainer.max_steps
+    with pytest.raises(ConfigError, match=r"^trainer.max_steps: .*no entry for model=fcn.*trainer.max_steps=N"):
+        check_config(compose_config(["experiment=seed_hypothesis", "model=fcn"], run_dir=tmp_path))
     paper = compose_config(["experiment=seed_hypothesis", "schedule=paper"])
     assert paper.data.distortion.num_digits == 3 and paper.data.distortion.canvas_size == 100
     assert paper.trainer.max_steps == 150000 and paper.hydra.sweeper.params.model == params.model

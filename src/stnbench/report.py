@@ -25,8 +25,8 @@ from stnbench.published import lookup
 from stnbench.run_folder import flatten
 
 COLUMNS = ["data", "model", "configuration", "runs", "seeds", "repeats", "test_err_mean", "test_err_std",
-           "digit_err_mean", "digit_err_std", "published_err", "published_metric", "diff", "comparable", "source", "parameters",
-           "fit_seconds_mean", "steps", "commit"]
+           "digit_err_mean", "digit_err_std", "published_err", "published_metric", "diff", "comparable", "source",
+           "parameters", "fit_seconds_mean", "steps", "commit"]
 SHIPPED_DATA = Path(__file__).resolve().parent / "configs" / "data"
 
 
@@ -215,9 +215,12 @@ def failures(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def _cell(value) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    return str(value)
+    return "" if _missing(value) else str(value)
+
+
+def _mean_std(mean, std) -> str:
+    """'1.23 ± 0.45'; the spread is left out for a single seed, everything for a missing mean."""
+    return "" if _missing(mean) else f"{mean:.2f}" + ("" if _missing(std) else f" ± {std:.2f}")
 
 
 def display_table(table: pd.DataFrame) -> pd.DataFrame:
@@ -228,10 +231,9 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
         "configuration": [_cell(v) for v in table["configuration"]],
         "runs": table["runs"],
         "seeds": [f"{n}" + (f" ({r})" if r else "") for n, r in zip(table["seeds"], table["repeats"], strict=True)],
-        "test err % (mean ± std)": [f"{m:.2f}" + ("" if _missing(s) else f" ± {s:.2f}") for m, s
+        "test err % (mean ± std)": [_mean_std(m, s) for m, s
                                     in zip(table["test_err_mean"], table["test_err_std"], strict=True)],
-        "digit err %": ["" if _missing(m) else f"{m:.2f}" + ("" if _missing(s) else f" ± {s:.2f}") for m, s
-                        in zip(table["digit_err_mean"], table["digit_err_std"], strict=True)],
+        "digit err %": [_mean_std(m, s) for m, s in zip(table["digit_err_mean"], table["digit_err_std"], strict=True)],
         "published %": [_cell(v) + (" (digit)" if m == "test/digit_err" else "")
                         for v, m in zip(table["published_err"], table["published_metric"], strict=True)],
         "diff": [_cell(v) if c in ("yes", "") else c for v, c in zip(table["diff"], table["comparable"],
