@@ -67,3 +67,18 @@ def compose_config(overrides: list[str], config_name: str = "train", run_dir: Pa
         with open_dict(cfg):
             del cfg["hydra"]
     return cfg
+
+
+def add_callbacks(monkeypatch, *callbacks) -> None:
+    """Give the next train() these Lightning callbacks without putting them in its config: a test's hooks
+    (a signal at step 4, a stop after an epoch) must not become part of what the run computes, or the run
+    could not be resumed without them (stnbench.identity)."""
+    from stnbench import build
+
+    instantiate = build.instantiate_group
+
+    def with_hooks(group_cfg, what):
+        made = instantiate(group_cfg, what)
+        return made + list(callbacks) if what == "callbacks" else made
+
+    monkeypatch.setattr(build, "instantiate_group", with_hooks)

@@ -61,10 +61,44 @@ def test_run_folders_are_named_by_choices_and_other_overrides(tmp_path, cache_di
                           "optimizer.lr=0.02", "paths.output_dir=/x/y"], run_dir=tmp_path, cache=cache_dir)
     assert cfg.run_name == "rotated-st_cnn-tps-s2"  # the transform shows for models that have one
     assert override_tag() == "_optimizer.lr=0.02,schedule=paper"  # what else differs, paths excluded
-    cfg = compose_config(["data=rts", "model=cnn", "trainer.max_epochs=1", "trainer.limit_train_batches=3",
-                          "trainer.limit_val_batches=1"], run_dir=tmp_path, cache=cache_dir)
+    cfg = compose_config(["data=rts", "model=cnn", "trainer.max_epochs=1", "trainer.limit_train_batches=3"],
+                         run_dir=tmp_path, cache=cache_dir)
     assert cfg.run_name == "rts-cnn-s1"
-    assert len(override_tag()) == 9  # a long list becomes "_" + 8 hex digits
+    assert override_tag() == "_trainer.limit_train_batches=3,trainer.max_epochs=1"  # readable, not a hash
+
+
+@pytest.mark.parametrize(("override", "named"), [
+    ("callbacks.model_checkpoint.monitor=train/loss", True),   # picks the checkpoint that is tested
+    ("+callbacks.early_stopping.patience=3", True),            # stops training
+    ("trainer.devices=2", True),                               # every rank draws a full batch
+    ("trainer=ddp", True),
+    ("callbacks.model_checkpoint.dirpath=/elsewhere", False),  # where files go
+    ("callbacks.lr_monitor.logging_interval=epoch", False),    # observes only
+    ("callbacks.model_summary=null", True),                   # what it switched off is not known here
+    ("trainer.log_every_n_steps=1", False),
+    ("trainer.accelerator=cpu", False),
+    ("logger=csv", False),
+    ("data.root=/elsewhere", False),
+    ("checkpoint_minutes=1", False),
+    ("hydra/launcher=local", False),
+])
+def test_a_folder_name_shows_each_override_that_can_change_a_result(override, named):
+    """issue 20: the folder name and the drift check share one definition of what a run computes."""
+    from stnbench.identity import folder_tag, in_identity
+
+    cfg = compose_config([override, "model=cnn"], run_dir=None)
+    key = override.partition("=")[0]
+    assert in_identity(key, cfg) is named
+    assert bool(folder_tag([override], cfg)) is named
+
+
+def test_a_long_folder_tag_keeps_its_start_and_ends_in_a_hash():
+    from stnbench.identity import MAX_TAG, folder_tag
+
+    overrides = [f"model.layer{i}.channels={i}" for i in range(30)]
+    tag = folder_tag(overrides)
+    assert len(tag) <= MAX_TAG + 1 and tag.startswith("_model.layer0.channels=0,")
+    assert tag != folder_tag(overrides[:-1] + ["model.layer29.channels=30"])  # the hash tells them apart
 
 
 def test_user_error_on_a_single_run_is_a_clean_exit(tmp_path, monkeypatch, capsys):

@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch import Callback
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import compose_config
+from conftest import add_callbacks, compose_config
 from stnbench.build import CheckpointError
 from stnbench.eval import evaluate
 from stnbench.train import train
@@ -48,16 +48,17 @@ class RecordFirstStep(Callback):
         RecordFirstStep.first_steps.append(trainer.global_step)
 
 
-def test_resumed_run_ends_exactly_like_an_uninterrupted_one(tmp_path, cache_dir):
+def test_resumed_run_ends_exactly_like_an_uninterrupted_one(tmp_path, cache_dir, monkeypatch):
     common = TINY + ["data=rotated", "model=st_cnn", "logger=csv", "trainer.limit_train_batches=8",
                      "data.batch_size=32", "trainer.max_epochs=3", "test_after_fit=false"]
     straight = train(compose_config(common, run_dir=tmp_path / "straight", cache=cache_dir))
-    interrupted = compose_config(common + ["+callbacks.stop._target_=test_train.StopAfterFirstEpoch"],
-                                 run_dir=tmp_path / "resumed", cache=cache_dir)
-    assert train(interrupted)["global_step"] == 8
+    interrupted = compose_config(common, run_dir=tmp_path / "resumed", cache=cache_dir)
+    with monkeypatch.context() as patch:
+        add_callbacks(patch, StopAfterFirstEpoch())
+        assert train(interrupted)["global_step"] == 8
     last = tmp_path / "resumed" / "checkpoints" / "last.ckpt"
-    resumed = train(compose_config(common + [f"ckpt_path={last}", "+callbacks.record._target_="
-                                   "test_train.RecordFirstStep"], run_dir=tmp_path / "resumed", cache=cache_dir))
+    add_callbacks(monkeypatch, RecordFirstStep())
+    resumed = train(compose_config(common + [f"ckpt_path={last}"], run_dir=tmp_path / "resumed", cache=cache_dir))
     assert RecordFirstStep.first_steps == [8], "the resumed run must continue at step 8, not start over"
     assert resumed["global_step"] == straight["global_step"] == 24
     assert resumed["val/err_best"] == straight["val/err_best"]

@@ -13,7 +13,8 @@ from conftest import compose_config
 from stnbench import report as report_module
 from stnbench.build import key_choices
 from stnbench.errors import CheckpointError, Diverged, NoTraining, RunFolderTaken
-from stnbench.run_folder import open_run_folder, write_json
+from stnbench.records import write_json
+from stnbench.run_folder import open_run_folder
 from stnbench.train import train
 from test_sweeps import TINY as SWEEP_TINY
 from test_sweeps import stnbench_train
@@ -167,7 +168,9 @@ def test_report_has_one_row_per_configuration(tmp_path):
     assert pd.isna(small["diff"]) and pd.isna(small["published_err"])
     assert small["comparable"] == "not comparable: data.distortion.canvas_size=60 (paper: 42)"
     markdown = (tmp_path / "report.md").read_text()
-    assert "not comparable: data.distortion.canvas_size=60" in markdown and "seed 1 x2" in markdown
+    assert "n/c [1]" in markdown and "seed 1 x2" in markdown  # a short marker in the cell, the reason in a note
+    assert "1. cnn (data.distortion.canvas_size=60, optimizer.lr=0.001, trainer.max_epochs=1) on rts: " \
+        "data.distortion.canvas_size=60 (paper: 42)" in markdown
 
 
 def test_report_lists_unearned_runs_with_the_failures(tmp_path):

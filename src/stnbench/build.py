@@ -18,8 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 from stnbench.config_checks import check_config  # noqa: F401 (re-exported for the entry points)
 from stnbench.data.datamodule import DistortedMNIST
 from stnbench.errors import USER_ERRORS, CheckpointError, ConfigError
-from stnbench.module import CONFIG_KEY, STNBenchModule  # noqa: F401 (re-exported)
-from stnbench.run_folder import write_json  # noqa: F401 (re-exported)
+from stnbench.module import STNBenchModule
+from stnbench.records import CONFIG_KEY, load_checkpoint, write_json  # noqa: F401 (re-exported)
 
 log = logging.getLogger("stnbench")
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"  # the shipped config groups
@@ -98,20 +98,6 @@ def model_name(choice: str | None, target: str | None) -> str | None:
     if choice is None or not shipped.is_file():
         return choice or target
     return choice if OmegaConf.load(shipped).get("_target_") == target else target
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint '{path}' does not exist; pass ckpt_path=<run>/checkpoints/last.ckpt "
-                              "or best.ckpt of a finished run")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:
-        raise CheckpointError(f"checkpoint '{path}' is unreadable ({type(error).__name__}: {error})") from None
-    if CONFIG_KEY not in checkpoint or "state_dict" not in checkpoint:
-        raise CheckpointError(f"'{path}' is not a stnbench checkpoint (no stored config or weights)")
-    return checkpoint
 
 
 def load_weights(module: STNBenchModule, state_dict: dict, path: str) -> None:

@@ -13,7 +13,9 @@ from typing import Any
 
 import lightning as L
 
+from stnbench.config_checks import check_checkpoint_minutes, check_divergence
 from stnbench.errors import Diverged, RunInterrupted
+from stnbench.records import last_checkpoint
 
 log = logging.getLogger("stnbench")
 
@@ -44,8 +46,7 @@ class DivergenceGuard(L.Callback):
     """
 
     def __init__(self, factor: float = 10.0, window: int = 20) -> None:
-        if factor <= 1 or window < 1:
-            raise ValueError(f"DivergenceGuard needs factor > 1 and window >= 1, got {factor}, {window}")
+        check_divergence(factor, window)
         self.factor, self.window = factor, window
         self.first_loss: float | None = None
         self.recent: deque[float] = deque(maxlen=window)
@@ -86,16 +87,18 @@ class SafeStops(L.Callback):
     every piece of state (weights, optimiser, scheduler, loop progress, data position): resuming from
     one gives exactly the run that was never stopped (the data loader skips the batches already seen,
     see ``DistortedMNIST``). Lightning's own SIGTERM handling (stop, exit status 0, no checkpoint inside
-    an epoch) is replaced while training runs. A second SIGINT stops at once.
+    an epoch) is replaced while training runs. A second SIGINT stops at once. Once the run's outcome is
+    being written (``defer``), a signal waits until it is on disk (``deliver_deferred``).
     """
 
-    def __init__(self, every_minutes: float | None = 10.0, filename: str = "last.ckpt") -> None:
-        if every_minutes is not None and every_minutes < 0:
-            raise ValueError(f"checkpoint_minutes must be >= 0 (or null for never), got {every_minutes}")
+    def __init__(self, every_minutes: float | None, run_dir: str | Path) -> None:
+        check_checkpoint_minutes(every_minutes)
         self.every_seconds = None if every_minutes is None else 60.0 * every_minutes
-        self.filename = filename
+        self.path = last_checkpoint(run_dir)
         self.signum: int | None = None
         self._training = False
+        self._deferring = False
+        self._deferred: int | None = None
         self._last_save = time.monotonic()
         self._previous: dict[int, Any] = {}
 
@@ -111,7 +114,22 @@ class SafeStops(L.Callback):
             signal.signal(signum, handler)
         self._previous.clear()
 
+    def defer(self) -> None:
+        """From now on a signal is held back (the run's outcome is being written), see ``deliver_deferred``."""
+        self._deferring = True
+
+    def deliver_deferred(self) -> None:
+        """Send a held-back signal again, to the handlers in place before ``install`` (after ``uninstall``)."""
+        signum, self._deferred = self._deferred, None
+        if signum is not None:
+            signal.raise_signal(signum)
+
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self._deferring:
+            self._deferred = self._deferred or signum
+            log.warning("Received %s while writing the run's outcome: stopping once it is written",
+                        signal.Signals(signum).name)
+            return
         first = self.signum is None
         self.signum = self.signum or signum
         name = signal.Signals(signum).name
@@ -143,7 +161,7 @@ class SafeStops(L.Callback):
             self.save(trainer)
 
     def save(self, trainer: L.Trainer) -> Path:
-        path = Path(trainer.default_root_dir) / "checkpoints" / self.filename
+        path = self.path
         trainer.save_checkpoint(path)
         self._last_save = time.monotonic()
         log.info("Saved a resumable checkpoint at step %d: %s", trainer.global_step, path)

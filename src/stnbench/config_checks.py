@@ -16,6 +16,7 @@ import math
 import types
 import typing
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -219,3 +220,46 @@ def _check_values(cfg: DictConfig) -> None:
     multiplier = (cfg.get("model") or {}).get("loc_lr_multiplier")
     if _number(multiplier) and multiplier < 0:
         raise ConfigError(f"model.loc_lr_multiplier must be >= 0, got {multiplier}")
+    check_checkpoint_minutes(cfg.get("checkpoint_minutes"))
+    divergence = cfg.get("divergence")
+    if divergence is not None:
+        if not isinstance(divergence, DictConfig) or set(divergence) - {"factor", "window"}:
+            raise ConfigError(f"divergence={_show(divergence)} must be a mapping with factor and window, e.g. "
+                              "divergence.factor=10 divergence.window=20")
+        check_divergence(divergence.get("factor", 10.0), divergence.get("window", 20))
+    _check_checkpoint_folder(cfg)
+
+
+def check_checkpoint_minutes(minutes: Any) -> None:
+    """``checkpoint_minutes``: how often a resumable last.ckpt is written (the SafeStops callback's rule)."""
+    if minutes is not None and (not _number(minutes) or not math.isfinite(minutes) or minutes < 0):
+        raise ConfigError(f"checkpoint_minutes={_show(minutes)} must be a number of minutes >= 0 (0: before every "
+                          "batch) or null (never)")
+
+
+def check_divergence(factor: Any, window: Any) -> None:
+    """``divergence.factor`` and ``window`` (the DivergenceGuard callback's rule)."""
+    if not _number(factor) or not factor > 1:
+        raise ConfigError(f"divergence.factor={_show(factor)} must be a number > 1 (the run stops when its mean loss "
+                          "exceeds factor x its first step's loss)")
+    if not isinstance(window, int) or isinstance(window, bool) or window < 1:
+        raise ConfigError(f"divergence.window={_show(window)} must be a whole number of steps >= 1")
+
+
+def _check_checkpoint_folder(cfg: DictConfig) -> None:
+    """Resume, skip, the report and the pictures find a run's checkpoints in one place
+    (stnbench.records.checkpoint_dir): ModelCheckpoint must write best.ckpt and last.ckpt there."""
+    from stnbench.records import BEST, checkpoint_dir
+
+    paths, callbacks = cfg.get("paths"), cfg.get("callbacks")
+    entry = callbacks.get("model_checkpoint") if isinstance(callbacks, DictConfig) else None
+    if not isinstance(entry, DictConfig) or paths is None or "run_dir" not in paths:
+        return
+    expected = checkpoint_dir(paths.run_dir)
+    if "dirpath" in entry and Path(str(entry.dirpath)) != expected:
+        raise ConfigError(f"callbacks.model_checkpoint.dirpath={entry.dirpath} must be the run's checkpoints "
+                          f"folder ({expected}): resume and the report look for {BEST} and last.ckpt there; drop "
+                          "the override")
+    if "filename" in entry and f"{entry.filename}.ckpt" != BEST:
+        raise ConfigError(f"callbacks.model_checkpoint.filename={entry.filename} must be '{Path(BEST).stem}': "
+                          f"the report and stnbench-eval look for {BEST}; drop the override")

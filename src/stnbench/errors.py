@@ -52,6 +52,13 @@ class NoTraining(RunEnded):
     exit_code = 4
 
 
+class Pruned(RunEnded):
+    """An Optuna search's pruner stopped the run early: a trial's outcome, not a result to report."""
+
+    status = "pruned"
+    exit_code = 5
+
+
 class RunInterrupted(RunEnded):
     """SIGTERM or SIGINT: the run saved a resumable checkpoint and stops (exit code 128 + signal number)."""
 

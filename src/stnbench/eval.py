@@ -24,8 +24,9 @@ from stnbench.build import (
 )
 from stnbench.cli_help import run_command
 from stnbench.errors import CheckpointError
+from stnbench.identity import Run, differences
 from stnbench.module import STNBenchModule
-from stnbench.run_folder import config_drift, remove_if_empty
+from stnbench.run_folder import remove_if_empty
 
 log = logging.getLogger("stnbench")
 
@@ -36,7 +37,8 @@ def evaluate(cfg: DictConfig) -> dict:
     checkpoint = load_checkpoint(cfg.ckpt_path)
     trained = OmegaConf.create(checkpoint[CONFIG_KEY])
     if cfg.get("model") is not None:  # the model comes from the checkpoint; a different one is a mistake
-        drift = config_drift({"model": OmegaConf.to_container(trained.model)}, {"model": cfg.model})
+        drift = differences(Run({"model": OmegaConf.to_container(trained.model)}, None),  # None: every key counts
+                            Run({"model": OmegaConf.to_container(cfg.model, resolve=True)}, None))
         if drift:
             raise CheckpointError(f"checkpoint '{cfg.ckpt_path}' holds another model than the one given "
                                   f"({'; '.join(drift[:4])}); stnbench-eval takes the model from the checkpoint: "

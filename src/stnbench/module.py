@@ -13,16 +13,19 @@ from collections.abc import Callable
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 from torchmetrics import MeanMetric, MinMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from stnbench import viz
 from stnbench.data.datamodule import derive_seed
+from stnbench.errors import CheckpointError
 from stnbench.models.output import ModelOutput
+from stnbench.records import CONFIG_KEY
 
 SPLITS = ("train", "val", "test")
-CONFIG_KEY = "stnbench_config"  # where checkpoints keep the config that made them
+WORLD_SIZE_KEY = "stnbench_world_size"  # ranks that trained the checkpoint, each drawing a full batch
 
 
 def step_logits(output: ModelOutput, targets: torch.Tensor) -> torch.Tensor:
@@ -87,6 +90,15 @@ class STNBenchModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Checkpoints carry their config, so eval rebuilds the right model and resume can check it fits.
         checkpoint[CONFIG_KEY] = getattr(self, "run_config", None)
+        checkpoint[WORLD_SIZE_KEY] = self.trainer.world_size if self._trainer is not None else 1
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """A resume must keep the number of ranks: each draws a full batch, so it sets the effective batch."""
+        trained, now = checkpoint.get(WORLD_SIZE_KEY), self.trainer.world_size if self._trainer is not None else 1
+        if trained is not None and self.trainer.state.fn == TrainerFn.FITTING and int(trained) != now:
+            raise CheckpointError(f"the checkpoint was trained on {trained} device(s) and this run has {now}; every "
+                                  "rank draws a full batch, so the effective batch would change. Resume with the "
+                                  "run's own trainer.devices and trainer.num_nodes")
 
     # ---- shared step --------------------------------------------------------------------------------
     def _step(self, batch, split: str) -> torch.Tensor:

@@ -3,24 +3,12 @@
 Why resolvers: run and sweep folders must be named by a run's *choices* (so re-running a sweep finds the
 same folders, and TensorBoard lines runs up by name), a resumed run must find its own folder, and these
 depend on things plain interpolation cannot express (an optional ``model/transform`` choice, the
-checkpoint being resumed).
+checkpoint being resumed). Each computes a value from values; none reads or writes files.
 """
 
 from __future__ import annotations
 
-import hashlib
-import re
-from pathlib import Path
-
 from omegaconf import OmegaConf
-
-# Overrides already spelled out by run_name, or that do not change what a run computes. Anything else
-# (schedule=paper, debug=limit, optimizer.lr=...) is appended, so it can never reuse another run's folder.
-NAMED_KEYS = {"data", "model", "model/transform", "seed", "experiment", "sweep_name", "hparams_search",
-              "optuna_trials", "logger", "callbacks", "trainer", "hydra/launcher", "run_name",
-              "skip_finished", "checkpoint_minutes"}
-MAX_TAG = 48
-IGNORED_PREFIXES = ("hydra.", "hydra/", "paths.", "+paths.", "logger.", "callbacks.")
 
 
 def _choices() -> dict:
@@ -37,28 +25,18 @@ def transform_tag() -> str:
     return f"-{transform}" if transform else ""
 
 
-def override_tag() -> str:
-    """``_key=value,...`` for the run's overrides that run_name does not already show (e.g. a swept lr).
-
-    Sweep folders are named by the run's choices so that a re-run finds them; any other override has to be
-    part of the name too, or two different runs of one sweep would share a folder.
-    """
+def override_tag(*, _root_=None) -> str:
+    """``_key=value,...`` for the run's overrides that run_name does not already show (e.g. a swept lr) and
+    that can change what it computes (stnbench.identity.folder_tag decides): sweep folders are named by the
+    run's command so that a re-run finds them, and two configurations must never share one."""
     from hydra.core.hydra_config import HydraConfig
+
+    from stnbench.identity import folder_tag
 
     if not HydraConfig.initialized():
         return ""
-    parts = []
-    for override in HydraConfig.get().overrides.task:
-        key, _, value = override.partition("=")
-        bare = key.lstrip("+~")
-        if bare in NAMED_KEYS or bare.startswith(IGNORED_PREFIXES):
-            continue
-        parts.append(f"{bare}={value}")
-    if not parts:
-        return ""
-    tag = re.sub(r"[^\w.=,+-]", "_", ",".join(sorted(parts)))
-    # Long lists (budget overrides of a test command, ...) become a short stable hash of themselves.
-    return f"_{tag}" if len(tag) <= MAX_TAG else "_" + hashlib.sha256(tag.encode()).hexdigest()[:8]
+    config = OmegaConf.to_container(_root_, resolve=False) if _root_ is not None else None
+    return folder_tag(HydraConfig.get().overrides.task, config)
 
 
 def choice(group: str, *, _root_) -> str:
@@ -73,10 +51,11 @@ def choice(group: str, *, _root_) -> str:
 def resume_dir(ckpt_path: str | None, default: str) -> str:
     """Run folder for a run: the folder of the checkpoint being resumed (``<run>/checkpoints/x.ckpt``),
     so a resumed run continues its own logs, checkpoints and best-model tracking; else ``default``."""
-    if ckpt_path:
-        checkpoint = Path(str(ckpt_path)).expanduser()
-        if checkpoint.parent.name == "checkpoints":
-            return str(checkpoint.parent.parent)
+    from stnbench.records import run_dir_of
+
+    folder = run_dir_of(ckpt_path) if ckpt_path else None
+    if folder is not None:
+        return str(folder)
     return default
 
 
@@ -98,10 +77,22 @@ def budget_steps(minutes: float, seconds_per_step, model: str) -> int:
     return max(1, round(minutes * 60 / seconds))
 
 
+def centred_row(canvas_size: int, num_digits: int, spacing: int) -> list[int]:
+    """Sønderby et al.'s x range of a row's first digit: the row centred, then moved by up to the margin either
+    way (their ``create_mnist_sequence.py``: ``c = (W - n * 28) // 2``, ``x = c + choice(range(-c, c))``)."""
+    from stnbench.errors import ConfigError
+
+    margin = (int(canvas_size) - ((int(num_digits) - 1) * int(spacing) + 28)) // 2
+    if margin < 0:
+        raise ConfigError(f"canvas_size={canvas_size} cannot hold {num_digits} digits {spacing} px apart; raise "
+                          "data.distortion.canvas_size or lower num_digits/spacing")
+    return [0, max(0, 2 * margin - 1)]
+
+
 def register() -> None:
     resolvers = {"stnbench.resume_dir": resume_dir, "stnbench.transform_tag": transform_tag,
                  "stnbench.override_tag": override_tag, "stnbench.choice": choice,
-                 "stnbench.budget_steps": budget_steps}
+                 "stnbench.budget_steps": budget_steps, "stnbench.centred_row": centred_row}
     for name, function in resolvers.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, function, use_cache=False)

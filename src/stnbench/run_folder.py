@@ -1,164 +1,155 @@
-"""A run's folder: which one a run may use, what it holds, and the record a run leaves there.
+"""A run's folder: which one a run may use, and what an attempt in it may touch.
 
 Rules (each tested):
 * A new run claims its folder exclusively; two runs started in the same second get ``<name>`` and
   ``<name>-2``, never one shared folder.
 * A folder that already holds a run (a sweep re-run, or ``ckpt_path=<run>/checkpoints/...``) is only
-  reused by the same configuration: the whole computed config is compared with the stored one and any
-  difference outside paths/logging/device keys is refused, naming the keys, before anything is written.
+  reused by the same run: :func:`stnbench.identity.differences` between the stored run and this one must be
+  empty, or the command is refused, naming the keys, before anything is written.
 * ``.hydra/config.yaml`` (the resolved config), ``hydra.yaml`` and ``overrides.yaml`` are written by us,
   after those checks, so a rejected command never overwrites a run's record (Hydra's own writing is off).
 * While a run trains it holds an exclusive lock on ``<run>/.lock``: a second process cannot resume it.
-* ``results.json`` is strict JSON: non-finite numbers are written as ``null``.
+* A finished result is only replaced by an attempt that finishes again: its checkpoints are kept aside
+  while another attempt runs in its folder and put back if that attempt does not finish (results.json is
+  guarded by :func:`stnbench.records.write_results`).
 """
 
 from __future__ import annotations
 
 import fcntl
-import hashlib
-import json
 import logging
-import math
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from stnbench.errors import CheckpointError, RunFolderTaken, StorageError
+from stnbench.errors import CheckpointError, RunFolderTaken
+from stnbench.identity import Run, differences, set_keys
+from stnbench.records import (
+    CONFIG_KEY,
+    checkpoint_dir,
+    is_finished,
+    last_checkpoint,
+    load_checkpoint,
+    read_results,
+    run_dir_of,
+    stored_command,
+    stored_config,
+    unwritable,
+)
 
 log = logging.getLogger("stnbench")
-
-# Keys that say where things are written, how they are logged or named, or which device runs them: they
-# may differ between a run and its resumption. Everything else is what the run computes.
-NOT_COMPUTED = ("paths", "ckpt_path", "run_name", "sweep_name", "hydra", "logger", "callbacks", "skip_finished",
-                "task_name", "test_after_fit", "optuna_trials", "checkpoint_minutes")
-NOT_COMPUTED_DATA = ("root", "cache_dir")
-NOT_COMPUTED_TRAINER = ("accelerator", "devices", "num_nodes", "strategy", "default_root_dir", "logger",
-                        "callbacks", "enable_progress_bar", "enable_model_summary", "log_every_n_steps",
-                        "deterministic", "benchmark", "profiler")
 MAX_SUFFIX = 100
+LOCK = ".lock"
+KEPT = ".finished"  # a finished run's checkpoints while another attempt runs in its folder
 
 
-def computed_config(config: DictConfig | dict) -> dict:
-    """The resolved config without the keys that do not change what a run computes (see NOT_COMPUTED)."""
-    content = OmegaConf.to_container(config, resolve=True) if isinstance(config, DictConfig) else dict(config)
-    content = json.loads(json.dumps(content, default=str))  # a deep copy with plain values
-    for key in NOT_COMPUTED:
-        content.pop(key, None)
-    for key in NOT_COMPUTED_DATA:
-        (content.get("data") or {}).pop(key, None)
-        ((content.get("data") or {}).get("distortion") or {}).pop(key, None)  # a generator reading MNIST itself
-    for key in NOT_COMPUTED_TRAINER:
-        (content.get("trainer") or {}).pop(key, None)
-    return content
+# ---- the runs being compared -----------------------------------------------------------------------------
+def current_run(cfg: DictConfig) -> Run:
+    """This run: its resolved config and the keys its command line set (from Hydra; unknown without it)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    keys = None
+    if HydraConfig.initialized():
+        hydra = HydraConfig.get()
+        keys = set_keys(hydra.overrides.task, hydra.runtime.choices)
+    return Run(OmegaConf.to_container(cfg, resolve=True), keys)
 
 
-def config_hash(config: DictConfig | dict, without: tuple[str, ...] = ()) -> str:
-    """A short hash of what a run computes (``without=("seed",)``: of its configuration across seeds)."""
-    content = computed_config(config)
-    for key in without:
-        content.pop(key, None)
-    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+def stored_run(run_dir: Path, config: dict | None = None) -> Run:
+    """A run made earlier in ``run_dir`` (``config``: the one its checkpoint carries, else its .hydra/)."""
+    command = stored_command(run_dir)
+    return Run(config if config is not None else stored_config(run_dir) or {},
+               None if command is None else set_keys(*command))
 
 
-def flatten(content: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists stay values."""
-    if not isinstance(content, dict):
-        return {prefix: content}
-    flat: dict[str, Any] = {}
-    for key, value in content.items():
-        name = f"{prefix}.{key}" if prefix else str(key)
-        flat.update(flatten(value, name) if isinstance(value, dict) and value else {name: value})
-    return flat
+def checkpoint_run(path: str | Path) -> Run:
+    folder = run_dir_of(path)
+    config = load_checkpoint(path)[CONFIG_KEY] or {}
+    return stored_run(folder, config) if folder is not None else Run(config, None)
 
 
-def config_drift(stored: dict, current: DictConfig | dict) -> list[str]:
-    """``key: stored -> current`` for every computed key whose value differs."""
-    old, new = flatten(computed_config(stored)), flatten(computed_config(current))
-    return [f"{key}: {old.get(key, '<absent>')!r} -> {new.get(key, '<absent>')!r}"
-            for key in sorted(set(old) | set(new))
-            if old.get(key, "<absent>") != new.get(key, "<absent>") and not _interpolation(old.get(key))]
+def refuse_differences(old: Run, new: Run, what: str, error: type[Exception]) -> None:
+    drift = differences(old, new)
+    if drift:
+        shown = "; ".join(drift[:8]) + (f"; ... ({len(drift)} keys)" if len(drift) > 8 else "")
+        raise error(f"{what} was made with another configuration ({shown}). Resume with the run's own "
+                    "overrides (its .hydra/overrides.yaml), or start a new run / pick a new sweep_name.")
 
 
-def _interpolation(value: Any) -> bool:
-    """Folders written before stnbench stored resolved configs hold ``${...}``: not comparable, not drift."""
-    return isinstance(value, str) and "${" in value
-
-
-def unwritable(what: str, error: OSError) -> StorageError:
-    """The one message for an output folder that cannot be written: what failed, why, and what to set."""
-    return StorageError(f"cannot write {what} ({error.strerror or error}); set STNBENCH_OUTPUT_DIR "
-                        "(or paths.output_dir=...) to a writable folder")
-
-
-def strict_json(payload: Any) -> Any:
-    """NaN and infinities become None: results.json must parse as standard JSON everywhere."""
-    if isinstance(payload, float):
-        return payload if math.isfinite(payload) else None
-    if isinstance(payload, dict):
-        return {str(k): strict_json(v) for k, v in payload.items()}
-    if isinstance(payload, list | tuple):
-        return [strict_json(v) for v in payload]
-    return payload
-
-
-def write_json(path: Path, payload: dict) -> None:
-    """Write atomically (a reader never sees half a file), as strict JSON."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(strict_json(payload), indent=2, sort_keys=True, default=str,
-                                  allow_nan=False) + "\n")
-        os.replace(tmp, path)
-    except OSError as error:
-        raise unwritable(f"'{path}'", error) from None
-
-
-def read_results(run_dir: Path) -> dict | None:
-    try:
-        return json.loads((run_dir / "results.json").read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def stored_config(run_dir: Path) -> dict | None:
-    """The resolved config a run folder was started with, or None for a folder no run has claimed."""
-    path = run_dir / ".hydra" / "config.yaml"
-    if not path.is_file():
-        return None
-    try:
-        return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
-    except Exception:  # noqa: BLE001 - a damaged record must not be mistaken for a free folder
-        return {"<unreadable .hydra/config.yaml>": str(path)}
-
-
+# ---- claiming a folder -----------------------------------------------------------------------------------
 @dataclass
 class RunFolder:
     """The folder a run writes to, with what it found there; ``lock`` is held until the process ends."""
 
     path: Path
     recorded: bool = False  # the folder already holds this run's .hydra/ record (a resume or a sweep re-run)
+    created: bool = False  # this command made the folder (a new run): nothing of an earlier run is in it
     finished: dict | None = None  # results of a finished run of this config (a sweep re-run skips it)
     resume_from: str | None = None
     lock: Any = field(default=None, repr=False)
 
     def release(self) -> None:
         if self.lock is not None:
+            (self.path / LOCK).unlink(missing_ok=True)  # removed while held; see _lock for the race
             self.lock.close()
             self.lock = None
 
+    # ---- a finished result is only replaced by an attempt that finishes ---------------------------------
+    def keep_finished(self) -> None:
+        """Before an attempt trains in a folder holding a finished result: keep its checkpoints aside."""
+        if not is_finished(read_results(self.path)) or not checkpoint_dir(self.path).is_dir():
+            return
+        kept = self.path / KEPT
+        shutil.rmtree(kept, ignore_errors=True)
+        try:
+            shutil.copytree(checkpoint_dir(self.path), kept / checkpoint_dir(self.path).name)
+        except OSError as error:
+            raise unwritable(f"a copy of the finished run's checkpoints in '{kept}'", error) from None
+
+    def settle(self, finished: bool) -> None:
+        """After the attempt: drop the kept checkpoints if it finished, else put them back."""
+        kept = self.path / KEPT
+        if not kept.is_dir():
+            return
+        if not finished:
+            restore_finished(self.path)
+        shutil.rmtree(kept, ignore_errors=True)
+
+
+def restore_finished(folder: Path) -> None:
+    """Put a finished run's kept checkpoints back (an attempt over it did not finish, or died)."""
+    kept = folder / KEPT / checkpoint_dir(folder).name
+    if not kept.is_dir():
+        return
+    shutil.rmtree(checkpoint_dir(folder), ignore_errors=True)
+    shutil.copytree(kept, checkpoint_dir(folder))
+    shutil.rmtree(folder / KEPT, ignore_errors=True)
+    log.warning("Restored the finished run's checkpoints in %s (an attempt over it did not finish)", folder)
+
 
 def _lock(folder: Path) -> Any | None:
-    """An exclusive lock on ``<folder>/.lock`` (released by the OS if the process dies), or None if taken."""
-    handle = open(folder / ".lock", "a")  # noqa: SIM115 - held for the whole run
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.close()
-        return None
-    return handle
+    """An exclusive lock on ``<folder>/.lock`` (released by the OS if the process dies), or None if taken.
+
+    The holder deletes the file when it is done, so a lock is only ours if the file we locked is still the
+    one at that path (another process may have opened it just before it was deleted)."""
+    for _ in range(3):
+        handle = open(folder / LOCK, "a")  # noqa: SIM115 - held for the whole run
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            return None
+        try:
+            if os.fstat(handle.fileno()).st_ino == os.stat(folder / LOCK).st_ino:
+                return handle
+        except FileNotFoundError:
+            pass
+        handle.close()  # we locked a file its holder had just deleted: try the new one
+    return None
 
 
 def _make_folder(folder: Path) -> None:
@@ -166,21 +157,6 @@ def _make_folder(folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise unwritable(f"run folder '{folder}'", error) from None
-
-
-def _checkpoint_config(path: str) -> dict:
-    from stnbench.build import load_checkpoint
-    from stnbench.module import CONFIG_KEY
-
-    return load_checkpoint(path)[CONFIG_KEY] or {}
-
-
-def _refuse_drift(stored: dict, cfg: DictConfig, what: str, error: type[Exception]) -> None:
-    drift = config_drift(stored, cfg)
-    if drift:
-        shown = "; ".join(drift[:8]) + (f"; ... ({len(drift)} keys)" if len(drift) > 8 else "")
-        raise error(f"{what} was made with another configuration ({shown}). Resume with the run's own "
-                    "overrides (its .hydra/overrides.yaml), or start a new run / pick a new sweep_name.")
 
 
 def open_run_folder(cfg: DictConfig, *, new_run: bool) -> RunFolder:
@@ -191,15 +167,17 @@ def open_run_folder(cfg: DictConfig, *, new_run: bool) -> RunFolder:
     """
     base = Path(cfg.paths.run_dir)
     explicit = cfg.get("ckpt_path")
+    this = current_run(cfg)
     if explicit:
-        _refuse_drift(_checkpoint_config(explicit), cfg, f"checkpoint '{explicit}'", CheckpointError)
+        refuse_differences(checkpoint_run(explicit), this, f"checkpoint '{explicit}'", CheckpointError)
     candidates = [base] + ([base.with_name(f"{base.name}-{i}") for i in range(2, MAX_SUFFIX)] if new_run else [])
     for folder in candidates:
         stored = stored_config(folder)
         if stored is not None and new_run:
             continue  # another run's folder (started in the same second with the same name)
         if stored is not None:
-            _refuse_drift(stored, cfg, f"run folder '{folder}'", RunFolderTaken)
+            refuse_differences(stored_run(folder, stored), this, f"run folder '{folder}'", RunFolderTaken)
+        fresh = not folder.exists() or not any(folder.iterdir())  # Hydra may have made it, empty
         _make_folder(folder)
         lock = _lock(folder)
         if lock is None:
@@ -210,21 +188,31 @@ def open_run_folder(cfg: DictConfig, *, new_run: bool) -> RunFolder:
         if new_run and stored_config(folder) is not None:  # claimed between our look and our lock
             lock.close()
             continue
-        run = RunFolder(folder, recorded=stored is not None, lock=lock)
-        if not explicit and cfg.get("skip_finished", True):
-            results = read_results(folder)
-            if results and results.get("status") == "finished":
-                run.finished = {**results, "skipped": True}
-            elif (folder / "checkpoints" / "last.ckpt").is_file():
-                last = str(folder / "checkpoints" / "last.ckpt")
-                try:
-                    _refuse_drift(_checkpoint_config(last), cfg, f"checkpoint '{last}'", RunFolderTaken)
-                except Exception:
-                    run.release()
-                    raise
-                run.resume_from = last
+        run = RunFolder(folder, recorded=stored is not None, created=fresh and new_run, lock=lock)
+        try:
+            restore_finished(folder)  # an earlier attempt over a finished result died before putting it back
+            _find_previous(cfg, run, this, explicit)
+        except BaseException:
+            run.release()
+            raise
         return run
     raise RunFolderTaken(f"no free run folder next to '{base}' after {MAX_SUFFIX} tries")
+
+
+def _find_previous(cfg: DictConfig, run: RunFolder, this: Run, explicit: str | None) -> None:
+    """A re-run of a sweep: skip the run if it finished (and was tested, when this run tests) or was pruned by
+    an Optuna search, else resume it from its last checkpoint (``skip_finished=false``: neither)."""
+    if explicit or not cfg.get("skip_finished", True):
+        return
+    results = read_results(run.path)
+    tested = not cfg.get("test_after_fit") or any(key.startswith("test/") for key in results or {})
+    if (is_finished(results) and tested) or (results or {}).get("status") == "pruned":
+        run.finished = {**results, "skipped": True}
+        return
+    last = last_checkpoint(run.path)
+    if last.is_file():
+        refuse_differences(checkpoint_run(last), this, f"checkpoint '{last}'", RunFolderTaken)
+        run.resume_from = str(last)
 
 
 def point_run_at(cfg: DictConfig, run: RunFolder) -> None:
@@ -264,6 +252,13 @@ def remove_if_empty(folder: str | Path) -> None:
         Path(folder).rmdir()  # only succeeds on an empty folder
     except OSError:
         pass
+
+
+def remove_new_folder(run: RunFolder) -> None:
+    """A new run refused for bad input leaves nothing behind, unless it had already trained (a checkpoint)."""
+    if run.created and not checkpoint_dir(run.path).exists():
+        run.release()
+        shutil.rmtree(run.path, ignore_errors=True)
 
 
 try:  # Hydra callbacks are optional at import time

@@ -22,7 +22,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from stnbench.run_folder import write_json
+from stnbench.records import write_results
 
 log = logging.getLogger("stnbench")
 
@@ -51,12 +51,13 @@ def failure(cfg: DictConfig, error: BaseException) -> dict[str, Any]:
 
 
 def record_failure(cfg: DictConfig, error: BaseException) -> dict[str, Any]:
-    """Write ``status: failed`` into the run's own results.json, and the traceback beside it as error.log."""
+    """Write ``status: failed`` into the run's own results.json (or, beside a finished result, into its
+    attempts.jsonl), and the traceback beside it as error.log."""
     results = failure(cfg, error)
     run_dir = Path(cfg.paths.run_dir)
-    write_json(run_dir / "results.json", results)
+    written = write_results(run_dir, results)
     (run_dir / "error.log").write_text("".join(traceback.format_exception(error)))
-    log.error("Run failed (recorded in %s): %s", run_dir / "results.json", results["error"])
+    log.error("Run failed (recorded in %s): %s", written, results["error"])
     return results
 
 
@@ -95,7 +96,7 @@ def sweep_summary(sweep_dir: Path | None = None, stopped_by: str | None = None) 
     """Log this invocation's runs that did not finish; returns how many."""
     sweep_dir = sweep_dir or _sweep_dir()
     entries = outcomes(sweep_dir, os.environ.get(INVOCATION_ENV))
-    bad = [e for e in entries if e.get("status") not in ("finished", None)]
+    bad = [e for e in entries if e.get("status") not in ("finished", "pruned", None)]  # pruned: a search's outcome
     for entry in bad:
         log.error("%s %s: %s", entry["status"].upper(), entry["run_dir"], entry.get("error"))
     if stopped_by:

@@ -9,6 +9,7 @@ exits non-zero if any of its runs did not finish):
 | failed        | 1    | bad input (one-line message, no folder left behind) or a crash (error.log)     |
 | diverged      | 3    | the training loss became NaN/inf or exploded (stnbench.callbacks.DivergenceGuard) |
 | no_training   | 4    | training ended without a single optimiser step                                 |
+| pruned        | 5    | an Optuna search's pruner stopped it early (a trial's outcome, not a result)   |
 | interrupted   | 128+signal (143 SIGTERM, 130 SIGINT) | stopped with a resumable checkpoint; run it again to resume |
 """
 
@@ -21,24 +22,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from stnbench.cli_help import run_command
 from stnbench.config_checks import check_config
-from stnbench.errors import USER_ERRORS, NoTraining, RunEnded, RunInterrupted
-from stnbench.run_folder import (
-    computed_config,
-    config_hash,
-    open_run_folder,
-    point_run_at,
-    remove_if_empty,
-    save_run_record,
-    write_json,
-)
+from stnbench.errors import USER_ERRORS, NoTraining, Pruned, RunEnded, RunInterrupted
+from stnbench.records import write_results
+from stnbench.run_folder import open_run_folder, point_run_at, remove_if_empty, remove_new_folder, save_run_record
 from stnbench.sweeps import failure, is_multirun, journal, record_failure, sweep_summary
 
 if TYPE_CHECKING:  # the callbacks import Lightning: only once a run starts (a fast --help and config errors)
-    from stnbench.callbacks import FitClock
+    from stnbench.callbacks import FitClock, SafeStops
 
 log = logging.getLogger("stnbench")
 
@@ -47,30 +41,52 @@ def train(cfg: DictConfig) -> dict:
     """Everything a run does, as one plain function (tests call it with a composed config).
 
     In a folder that already holds this run (a sweep re-run): returns its results if it finished, else
-    resumes from its ``checkpoints/last.ckpt`` (``skip_finished=false`` turns both off)."""
+    resumes from its ``checkpoints/last.ckpt`` (``skip_finished=false`` turns both off). An attempt in a
+    folder holding a finished result replaces it only if it finishes too (stnbench.run_folder)."""
     check_config(cfg)
     run = open_run_folder(cfg, new_run=not is_multirun() and not cfg.get("ckpt_path"))
+    stops: SafeStops | None = None
+    finished = False
     try:
         if run.finished is not None:
-            log.info("Skipping finished run %s (delete its results.json to run it again)", run.path)
+            log.info("Skipping %s run %s (delete its results.json to run it again)", run.finished.get("status"),
+                     run.path)
             return run.finished
+        from stnbench.callbacks import SafeStops  # Lightning: only once a run starts
+
+        stops = SafeStops(cfg.get("checkpoint_minutes"), run.path)
+        stops.install()  # from here a signal stops the run with its outcome recorded
         point_run_at(cfg, run)
         if not run.recorded:
             save_run_record(cfg)
         if run.resume_from:
             log.info("Resuming unfinished run from %s", run.resume_from)
+        run.keep_finished()
         try:
-            return _fit_and_test(cfg)
+            results = _fit_and_test(cfg, stops)
         except RunEnded:
             raise  # its results.json is written
-        except Exception as error:  # a crash or bad input found while building: recorded in the run's folder
+        except USER_ERRORS as error:
+            if run.created and not is_multirun():
+                remove_new_folder(run)  # bad input found while building: a single new run leaves nothing
+            else:
+                record_failure(cfg, error)
+            raise
+        except Exception as error:  # a crash found while building or training: recorded in the run's folder
             record_failure(cfg, error)
             raise
+        finished = results.get("status") == "finished"
+        return results
     finally:
+        if stops is not None:
+            stops.uninstall()
+        run.settle(finished)
         run.release()
+        if stops is not None:
+            stops.deliver_deferred()  # a signal that came while the outcome was written and settled: handled now
 
 
-def _fit_and_test(cfg: DictConfig) -> dict:
+def _fit_and_test(cfg: DictConfig, stops: SafeStops) -> dict:
     import lightning as L
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -82,13 +98,12 @@ def _fit_and_test(cfg: DictConfig) -> dict:
         key_choices,
         parameter_count,
     )
-    from stnbench.callbacks import DivergenceGuard, FitClock, SafeStops
+    from stnbench.callbacks import DivergenceGuard, FitClock
+    from stnbench.identity import identity, identity_hash
     from stnbench.provenance import provenance
     from stnbench.tensorboard import log_hparams
 
     run_dir = Path(cfg.paths.run_dir)
-    stops = SafeStops(cfg.get("checkpoint_minutes"))
-    stops.install()
     results: dict = {"run_dir": str(run_dir), "status": "failed"}
     start = time.perf_counter()
     trainer = None
@@ -106,13 +121,15 @@ def _fit_and_test(cfg: DictConfig) -> dict:
         made_by = provenance(trainer.strategy.root_device)  # which code, versions and device made the results
         for logger in loggers:  # TensorBoard's HParams tab: one row per run, its choices beside its final metrics
             log_hparams(logger, choices, parameters, extra=made_by)
+        resolved = OmegaConf.to_container(cfg, resolve=True)
         results.update({
             **{f"choice/{key}": value for key, value in choices.items()},
             **made_by,
             "parameters": parameters,
-            "config": computed_config(cfg),
-            "config_hash": config_hash(cfg),
-            "configuration_hash": config_hash(cfg, without=("seed",)),
+            "world_size": trainer.world_size,  # ranks that each draw a full batch
+            "config": identity(resolved),
+            "config_hash": identity_hash(resolved),
+            "configuration_hash": identity_hash(resolved, across_seeds=True),
         })
         if cfg.get("ckpt_path"):
             results["resumed_from"] = str(cfg.ckpt_path)
@@ -129,12 +146,14 @@ def _fit_and_test(cfg: DictConfig) -> dict:
             raise NoTraining("training ended without a single optimiser step (trainer.limit_train_batches, "
                              "trainer.max_steps or data.batch_size leave no batch to train on?); nothing to report")
         if any(getattr(callback, "pruned", False) for callback in callbacks):
-            results["pruned"] = True  # stopped early by the Optuna pruner (see stnbench.optuna_pruning)
+            raise Pruned(f"the Optuna pruner stopped the run at step {trainer.global_step} (see "
+                         "stnbench.optuna_pruning); a pruned trial is not tested")
         if cfg.get("test_after_fit") and not trainer.fast_dev_run:
             checkpoint = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
             tested = trainer.test(module, datamodule=datamodule, ckpt_path=checkpoint or None, weights_only=False)
             results.update({key: float(value) for key, value in tested[0].items()})
             results["tested_checkpoint"] = checkpoint or "final weights"
+            results["test_images"] = datamodule.images_in("test", int(trainer.num_test_batches[0]))
         results["status"] = "finished"
     except RunEnded as ended:
         if trainer is not None:
@@ -142,10 +161,10 @@ def _fit_and_test(cfg: DictConfig) -> dict:
         results.update({"status": ended.status, "error": str(ended)})
         raise
     finally:
-        stops.uninstall()
         results["wall_seconds"] = round(time.perf_counter() - start, 1)
+        stops.defer()  # a signal from now on must not cost the run its results.json
         if results.get("status") != "failed" and (trainer is None or trainer.is_global_zero):
-            write_json(run_dir / "results.json", results)
+            write_results(run_dir, results)
     log.info("Results: %s", {k: v for k, v in results.items() if "/err" in k})
     return results
 
@@ -181,7 +200,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
             _fail(f"stnbench-train: {ended.status}: {ended}", ended.exit_code)
         results = {"status": ended.status, "error": str(ended), "run_dir": str(cfg.paths.run_dir)}
         if isinstance(ended, RunInterrupted):  # the sweep stops here; running it again resumes it
-            journal(cfg, results)
+            _record(cfg, results)
             sweep_summary(stopped_by=str(ended))
             raise SystemExit(ended.exit_code) from None
     except Exception as error:
@@ -189,8 +208,17 @@ def hydra_main(cfg: DictConfig) -> float | None:
             raise
         results = failure(cfg, error)
     if sweep:
-        journal(cfg, results)
-    return results.get("val/err_best")  # the objective of hyper-parameter searches
+        _record(cfg, results)
+    return results.get("val/err_best") if results.get("status") == "finished" else None  # a search's objective
+
+
+def _record(cfg: DictConfig, results: dict) -> None:
+    """A sweep job's outcome: into the sweep's runs.jsonl, and into its Optuna trial inside a search."""
+    from stnbench.optuna_trial import record_outcome
+
+    journal(cfg, results)
+    objective = results.get("val/err_best") if results.get("status") == "finished" else None
+    record_outcome(results.get("status", "failed"), objective, str(cfg.paths.run_dir))
 
 
 def main() -> None:

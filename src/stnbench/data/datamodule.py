@@ -221,6 +221,10 @@ class DistortedMNIST(L.LightningDataModule):
         return IndexBatches(split, self._size(split), batch_size, shuffle, self.seed, drop_last=shuffle, rank=rank,
                             world_size=world)
 
+    def images_in(self, split: str, batches: int) -> int:
+        """Images of an evaluation split that ``batches`` batches cover (a cut test set counts fewer)."""
+        return min(batches * self.eval_batch_size, self._size(split))
+
     def _size(self, split: str) -> int:
         """Items a loader draws from: the fixed set's images, else the split's digits."""
         return len(self.fixed[split]) if split in self.fixed else len(self.pools[split])
