@@ -223,9 +223,9 @@ def test_seed_hypothesis_runs_and_glimpse_pictures(tmp_path, cache_dir, mnist_ro
     assert stored.model.loss_at == "every_glimpse"
 
     written = write_glimpse_pictures(runs.values(), tmp_path / "report", count=3, cache_dir=cache_dir)
-    assert written["cnn"] is None and not (tmp_path / "report" / "glimpses_cnn.png").exists()
+    assert written["cnn"] is None and not (tmp_path / "report" / "cnn.png").exists()
     path = written["recurrent_stn"]
-    assert path == tmp_path / "report" / "glimpses_recurrent_stn.png"
+    assert path == tmp_path / "report" / "recurrent_stn.png"
     images = reference_images(runs.values(), count=3, cache_dir=cache_dir)
     assert images.shape == (3, 1, 60, 60) and images.max() > 0.5
     # the picture is viz.model_picture of the run's best checkpoint on those images: rows of the input with
@@ -243,8 +243,8 @@ def test_seed_hypothesis_runs_and_glimpse_pictures(tmp_path, cache_dir, mnist_ro
     from stnbench.glimpses import write_sweep_glimpse_pictures
 
     sweep = write_sweep_glimpse_pictures(tmp_path, count=3, cache_dir=cache_dir)
-    assert sweep == {"cnn": None, "recurrent_stn": tmp_path / "glimpses" / "glimpses_recurrent_stn.png"}
-    assert (tmp_path / "glimpses" / "glimpses_recurrent_stn.png").read_bytes() == path.read_bytes()
+    assert sweep == {"cnn": None, "recurrent_stn": tmp_path / "glimpses" / "recurrent_stn.png"}
+    assert (tmp_path / "glimpses" / "recurrent_stn.png").read_bytes() == path.read_bytes()
 
     other = tmp_path / "other_data"
     (other / ".hydra").mkdir(parents=True)

@@ -43,9 +43,10 @@ def test_report_gives_means_counts_and_failures(sweep_dir):
     assert multi.iloc[0]["digit_err_std"] == pytest.approx(statistics.stdev(digit_errors), abs=0.01)
     shown = report_module.display_table(multi).iloc[0]["digit err %"]
     assert shown == f"{statistics.mean(digit_errors):.2f} ± {statistics.stdev(digit_errors):.2f}"
-    published = lookup("rotated", "fcn", None)
-    assert row["published_err"] == published.err
-    assert row["diff"] == pytest.approx(statistics.mean(errors) - published.err, abs=0.02)
+    # one test batch of 1,000 images: never set beside the paper's 10,000 (issue 20)
+    assert lookup("rotated", "fcn", None) is not None and row["published_err"] is None
+    assert row["comparable"] == "not comparable: tested on 1,000 of the 10,000 test images"
+    assert row["test_images"] == 1000 and row["images_seen"] == 3 * 128
     assert row["parameters"] > 0 and row["steps"] == 3
 
     failed = result["failed"]

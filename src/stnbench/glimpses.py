@@ -3,15 +3,18 @@
 ``write_glimpse_pictures(run_dirs, out_dir)`` loads every run's ``checkpoints/best.ckpt`` and draws, for one
 fixed set of test images, each glimpse's outline on the input in step order (colour = step; later steps
 on top) beside the glimpses themselves: ``viz.model_picture``, the picture TensorBoard shows per
-validation epoch. The images are the fixed test set of the first run's data config (its seed unless
-``seed`` is given), so every model is shown the same images; runs on other data are refused.
+validation epoch. The images are the fixed test set of the first run's data (its seed unless ``seed`` is
+given), so every model is shown the same images; runs whose test images differ
+(``stnbench.identity.test_images``) are refused. Pictures only read MNIST: they never download it, and
+never render a run's fixed training set.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
@@ -21,17 +24,13 @@ from torchvision.utils import save_image
 from stnbench import viz
 from stnbench.build import build_datamodule
 from stnbench.errors import CheckpointError, ConfigError
+from stnbench.identity import flatten, test_images
 from stnbench.predict import load_model
-
-log = logging.getLogger("stnbench")
-# Where data and caches live, the seed (the images come from one seed) and how training batches are drawn:
-# none of them changes which data a model was trained for.
-NOT_DATA_KEYS = ("root", "cache_dir", "seed", "download", "verify_checksums", "batch_size", "eval_batch_size",
-                 "overfit_batches", "train_mode")
+from stnbench.records import best_checkpoint, is_finished, read_results
 
 
-def run_data_config(run_dir: Path) -> dict:
-    """The data config a run trained on, from its ``.hydra/config.yaml`` (written resolved by stnbench)."""
+def run_config(run_dir: Path) -> dict:
+    """The resolved config a run trained with, from its ``.hydra/config.yaml`` (written resolved by stnbench)."""
     path = run_dir / ".hydra" / "config.yaml"
     if not path.is_file():
         raise CheckpointError(f"'{run_dir}' is not a stnbench run folder: no .hydra/config.yaml; pass the "
@@ -39,33 +38,30 @@ def run_data_config(run_dir: Path) -> dict:
     config = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     if "data" not in config:
         raise CheckpointError(f"'{path}' has no data config; it was not written by stnbench-train")
-    return config["data"]
-
-
-def _comparable(data: dict) -> dict[str, object]:
-    """The data config as flat dotted keys, without the machine keys (and the distortion's data root)."""
-    flat = {f"distortion.{k}": v for k, v in data.get("distortion", {}).items() if k != "root"}
-    return {**flat, **{k: v for k, v in data.items() if k not in (*NOT_DATA_KEYS, "distortion")}}
+    return config
 
 
 def reference_images(run_dirs: Iterable[str | Path], count: int = 8, seed: int | None = None,
                      data_root: str | Path | None = None, cache_dir: str | Path | None = None) -> torch.Tensor:
-    """The first ``count`` images of the fixed test set of the runs' (common) data config, [N, C, H, W].
+    """The first ``count`` images of the fixed test set of the runs' (common) data, [N, C, H, W].
 
-    ``data_root`` / ``cache_dir`` default to the ones the first run used (give them on another machine)."""
+    ``data_root`` / ``cache_dir`` default to STNBENCH_DATA_DIR / STNBENCH_CACHE_DIR, else the ones the first
+    run used."""
     runs = [Path(run) for run in run_dirs]
     if not runs:
         raise ConfigError("no run folders given: pass the folders of finished runs")
     if count < 1:
         raise ConfigError(f"count must be a positive number of images, got {count}")
-    reference = run_data_config(runs[0])
+    first = run_config(runs[0])
     for run in runs[1:]:
-        ours, theirs = _comparable(reference), _comparable(run_data_config(run))
+        ours, theirs = flatten(test_images(first)), flatten(test_images(run_config(run)))
         if ours != theirs:
             keys = sorted(k for k in {*ours, *theirs} if ours.get(k) != theirs.get(k))
             raise ConfigError(f"run '{run}' was trained on other data than '{runs[0]}' (data keys {keys} differ); "
                               "glimpse pictures compare models on the same images: pass runs of one data config")
-    data = dict(reference)
+    data = dict(first["data"])
+    data_root = data_root or os.environ.get("STNBENCH_DATA_DIR")
+    cache_dir = cache_dir or os.environ.get("STNBENCH_CACHE_DIR")
     if data_root is not None:
         data["root"] = str(data_root)
         if isinstance(data.get("distortion"), dict) and "root" in data["distortion"]:
@@ -74,17 +70,19 @@ def reference_images(run_dirs: Iterable[str | Path], count: int = 8, seed: int |
         data["cache_dir"] = str(cache_dir)
     if seed is not None:
         data["seed"] = int(seed)
+    # Only the test set is needed: read MNIST where it is, and leave the training set unrendered.
+    data.update({"download": False, "train_mode": "fresh", "train_size": None})
     images, _ = build_datamodule(data).preview("test", count)
     return images
 
 
 def write_glimpse_pictures(run_dirs: Iterable[str | Path], out_dir: str | Path, count: int = 8,
                            images: torch.Tensor | None = None, upscale: int = 3,
-                           **image_options) -> dict[str, Path | None]:
-    """One PNG per run, ``<out_dir>/glimpses_<run folder name>.png``: a row per image, the input with each
-    glimpse's outline in step order, then the glimpses. Returns {run folder name: PNG path, or None for a
-    model without a spatial transformer (nothing to draw)}. ``images`` default to ``reference_images``
-    (``image_options``: seed, data_root, cache_dir)."""
+                           names: Mapping[Path, str] | None = None, **image_options) -> dict[str, Path | None]:
+    """One PNG per run, ``<out_dir>/<name>.png`` (``names``: run folder -> file name, default the folder's
+    name): a row per image, the input with each glimpse's outline in step order, then the glimpses. Returns
+    {name: PNG path, or None for a model without a spatial transformer (nothing to draw)}. ``images`` default
+    to ``reference_images`` (``image_options``: seed, data_root, cache_dir)."""
     runs = [Path(run) for run in run_dirs]
     if images is None:
         images = reference_images(runs, count, **image_options)
@@ -92,45 +90,47 @@ def write_glimpse_pictures(run_dirs: Iterable[str | Path], out_dir: str | Path, 
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path | None] = {}
     for run in runs:
-        model = load_model(run / "checkpoints" / "best.ckpt")
-        grid = viz.model_picture(model, images, "cpu", upscale=upscale)
+        name = (names or {}).get(run, run.name)
+        grid = viz.model_picture(load_model(best_checkpoint(run)), images, "cpu", upscale=upscale)
         if grid is None:
-            written[run.name] = None
+            written[name] = None
             continue
-        path = out / f"glimpses_{run.name}.png"
+        path = out / f"{name}.png"
         save_image(grid, path)
-        log.info("Wrote %s", path)
-        written[run.name] = path
+        logging.getLogger("stnbench").info("Wrote %s", path)
+        written[name] = path
     return written
 
 
 def finished_runs(root: str | Path) -> list[Path]:
     """Run folders under ``root`` (a sweep or outputs folder) whose results.json says ``finished``."""
-    runs = []
-    for results in sorted(Path(root).rglob("results.json")):
-        run = results.parent
-        try:
-            status = json.loads(results.read_text()).get("status")
-        except (OSError, ValueError):
-            continue
-        if status == "finished" and (run / "checkpoints" / "best.ckpt").is_file():
-            runs.append(run)
-    return runs
+    return [path.parent for path in sorted(Path(root).rglob("results.json"))
+            if is_finished(read_results(path.parent)) and best_checkpoint(path.parent).is_file()]
+
+
+def picture_name(run: Path, root: Path) -> str:
+    """A run's picture is named by its folder's path under the report's root, so runs of the same name in two
+    sweeps never overwrite each other's picture."""
+    relative = run.relative_to(root) if run != root else Path(run.name)
+    return "__".join(relative.parts)
 
 
 def write_sweep_glimpse_pictures(root: str | Path, out_dir: str | Path | None = None, count: int = 8,
                                  **image_options) -> dict[str, Path | None]:
-    """``write_glimpse_pictures`` for a whole sweep: its finished runs grouped by data config, one seed per
-    group (the lowest), so each model of a data setting is shown once, on that setting's images.
+    """``write_glimpse_pictures`` for a whole sweep: its finished runs grouped by their test images, one seed
+    per group (the lowest), so each model of a data setting is shown once, on that setting's images.
     PNGs go to ``<root>/glimpses`` unless ``out_dir`` is given."""
+    root = Path(root)
     groups: dict[str, list[tuple[int, Path]]] = {}
     for run in finished_runs(root):
-        data = run_data_config(run)
-        groups.setdefault(json.dumps(_comparable(data), sort_keys=True, default=str), []).append(
-            (int(data.get("seed", 0)), run))
+        config = run_config(run)
+        key = json.dumps(flatten(test_images(config)), sort_keys=True, default=str)
+        groups.setdefault(key, []).append((int(config["data"].get("seed") or 0), run))
     written: dict[str, Path | None] = {}
     for members in groups.values():
         lowest = min(seed for seed, _ in members)
         runs = [run for seed, run in members if seed == lowest]
-        written.update(write_glimpse_pictures(runs, out_dir or Path(root) / "glimpses", count, **image_options))
+        names = {run: picture_name(run, root) for run in runs}
+        written.update(write_glimpse_pictures(runs, out_dir or root / "glimpses", count, names=names,
+                                              **image_options))
     return written

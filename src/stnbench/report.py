@@ -1,33 +1,45 @@
 """stnbench-report: one table for a sweep folder (or all of outputs/), beside the papers' numbers.
 
-Every run folder holds ``results.json`` (written by stnbench-train, also for runs that failed, diverged or
-were interrupted) with the run's computed config. The table's unit is a *configuration*: finished runs
-are grouped by everything they compute except the seed, so runs that differ in learning rate, budget,
-schedule or distortion are never averaged together. Each row is named by its data and model choices plus
-the config keys that tell it apart from rows of the same data and model; it gives mean ± std of the test
-error over seeds (a seed run twice is flagged), the published error and our difference to it (only where
-the row's data setting is the paper's: otherwise "not comparable" and why), parameters and training time.
-Written as report.md, report.csv, test_error.png, val_error.png (against steps) and val_error_time.png
-(against seconds of fitting) into the folder, and printed.
+Every run folder holds ``.hydra/config.yaml`` (the resolved config) and ``results.json`` (written by
+stnbench-train, also for runs that failed, diverged, were pruned or interrupted). The table's unit is a
+*configuration*: finished runs are grouped by everything they compute except the seed
+(``stnbench.identity``), so runs that differ in learning rate, budget, schedule, checkpoint criterion or
+distortion are never averaged together. Each row is named by its data and model choices plus the config
+keys that tell it apart from rows of the same data and model; it gives mean ± std of the test error over
+seeds (a seed run twice is flagged), the images it trained on, and the published error with our
+difference only where the row is the paper's setting (``stnbench.published``: the paper's own model, its
+data and training set, the full test set), always with the budget beside it; otherwise a short marker in
+the cell and the reasons in the notes under the table. Written as report.md, report.csv, test_error.png,
+val_error.png (against steps), val_error_time.png (against seconds of fitting) and glimpses/*.png into the
+folder, and printed.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 from pathlib import Path
 
 import pandas as pd
 from omegaconf import OmegaConf
 
-from stnbench.published import lookup
-from stnbench.run_folder import flatten
+from stnbench.errors import USER_ERRORS
+from stnbench.identity import ABSENT, Run, configuration, differences
+from stnbench.identity import set_keys as command_keys
+from stnbench.published import lookup, setting_differences
+from stnbench.records import checkpoint_dir, read_results, stored_command, stored_config
 
+log = logging.getLogger("stnbench")
 COLUMNS = ["data", "model", "configuration", "runs", "seeds", "repeats", "test_err_mean", "test_err_std",
-           "digit_err_mean", "digit_err_std", "published_err", "published_metric", "diff", "comparable", "source",
-           "parameters", "fit_seconds_mean", "steps", "commit"]
-SHIPPED_DATA = Path(__file__).resolve().parent / "configs" / "data"
+           "digit_err_mean", "digit_err_std", "val_err_best_mean", "test_images", "images_seen", "published_err",
+           "published_metric", "paper_images", "diff", "comparable", "source", "parameters", "fit_seconds_mean",
+           "steps", "commit"]
+RUN_COLUMNS = ["run_dir", "data", "model", "transform", "seed", "status", "error", "test_err", "digit_err",
+               "val_err_best", "test_images", "images_seen", "parameters", "fit_seconds", "steps", "config", "run",
+               "commit", "versions"]
+PROVENANCE_SHOWN = ("provenance/stnbench", "provenance/torch", "provenance/lightning", "provenance/device")
 
 
 def _missing(value) -> bool:
@@ -48,7 +60,27 @@ def _is_training_run(config_path: Path) -> bool:
 def _started(config_path: Path) -> bool:
     """A training run that got as far as logging (a folder only ever claimed by a refused command has not)."""
     folder = config_path.parent.parent
-    return _is_training_run(config_path) and ((folder / "train.log").is_file() or (folder / "checkpoints").is_dir())
+    return _is_training_run(config_path) and ((folder / "train.log").is_file() or checkpoint_dir(folder).is_dir())
+
+
+def _identity_run(folder: Path, results: dict) -> Run | None:
+    """The run as stnbench.identity compares it: its stored resolved config and the keys its command set
+    (results.json's computed config for folders without .hydra/); None when neither is there."""
+    config = stored_config(folder)
+    if config is None or any(key.startswith("<unreadable") for key in config):
+        config = results.get("config")
+    if not isinstance(config, dict):
+        return None
+    command = stored_command(folder)
+    return Run(config, None if command is None else command_keys(*command))
+
+
+def _images_seen(results: dict) -> int | None:
+    """Training images the run's optimiser steps drew: steps x batch x ranks."""
+    steps, batch = results.get("global_step"), results.get("choice/batch_size")
+    if not isinstance(steps, int) or not isinstance(batch, int):
+        return None
+    return steps * batch * int(results.get("world_size") or 1)
 
 
 def _run_rows(root: Path) -> list[dict]:
@@ -58,12 +90,10 @@ def _run_rows(root: Path) -> list[dict]:
     folders |= {path.parent.parent for path in root.rglob(".hydra/config.yaml") if _started(path)}
     rows = []
     for folder in sorted(folders):
-        try:
-            results = json.loads((folder / "results.json").read_text())
-        except FileNotFoundError:
-            results = {"status": "unfinished", "error": "no results.json (interrupted or still running)"}
-        except ValueError as error:
-            results = {"status": "failed", "error": f"unreadable results.json: {error}"}
+        results = read_results(folder)
+        if results is None:
+            results = ({"status": "failed", "error": "unreadable results.json"} if (folder / "results.json").exists()
+                       else {"status": "unfinished", "error": "no results.json (interrupted or still running)"})
         rows.append({
             "run_dir": str(folder),
             "data": results.get("choice/data"),
@@ -75,18 +105,18 @@ def _run_rows(root: Path) -> list[dict]:
             "test_err": results.get("test/err"),
             "digit_err": results.get("test/digit_err"),
             "val_err_best": results.get("val/err_best"),
+            "test_images": results.get("test_images"),
+            "images_seen": _images_seen(results),
             "parameters": results.get("parameters"),
             "fit_seconds": results.get("fit_seconds"),
             "steps": results.get("global_step"),
             "config": results.get("config"),
+            "run": _identity_run(folder, results),
             "commit": _commit(results),
             "versions": ", ".join(f"{key.split('/')[1]} {results[key]}" for key in PROVENANCE_SHOWN
                                   if results.get(key)),
         })
     return rows
-
-
-PROVENANCE_SHOWN = ("provenance/stnbench", "provenance/torch", "provenance/lightning", "provenance/device")
 
 
 def _commit(results: dict) -> str | None:
@@ -97,111 +127,110 @@ def _commit(results: dict) -> str | None:
 
 def collect(root: str | Path) -> pd.DataFrame:
     """All runs under ``root`` (a sweep folder, outputs/, or one run folder)."""
-    rows = _run_rows(Path(root))
-    frame = pd.DataFrame(rows, columns=["run_dir", "data", "model", "transform", "seed", "status", "error",
-                                        "test_err", "digit_err", "val_err_best", "parameters", "fit_seconds",
-                                        "steps", "config", "commit", "versions"])
+    frame = pd.DataFrame(_run_rows(Path(root)), columns=RUN_COLUMNS)
     frame["label"] = [model_label(m, t) for m, t in zip(frame["model"], frame["transform"], strict=True)]
-    frame["configuration"] = [configuration_key(row) for row in frame.itertuples()]
+    frame["configuration"] = configuration_ids(frame)
     return frame
 
 
-def _without_seed(config: dict) -> dict:
-    flat = flatten(config)
-    return {key: value for key, value in flat.items() if key != "seed" and key != "data.seed"}
+def configuration_ids(runs: pd.DataFrame) -> list[int]:
+    """A number per run, equal for runs of one configuration: no stnbench.identity difference but the seed.
+    Runs without a stored config (made before stnbench kept one) each get their own."""
+    representatives: list[Run] = []
+    ids = []
+    for run in runs["run"]:
+        if run is None:
+            representatives.append(Run({}))
+            ids.append(len(representatives) - 1)
+            continue
+        same = next((i for i, other in enumerate(representatives)
+                     if other.config and not differences(other, run, across_seeds=True)), None)
+        if same is None:
+            representatives.append(run)
+            same = len(representatives) - 1
+        ids.append(same)
+    return ids
 
 
-def configuration_key(row) -> str:
-    """What a run computes except its seed; runs written before results.json carried their config are
-    keyed by their choices and folder, so they are never merged with anything."""
-    if isinstance(row.config, dict):
-        return json.dumps(_without_seed(row.config), sort_keys=True, default=str)
-    return json.dumps({"legacy run": row.run_dir})
-
-
-def _distinguishing(groups: list[dict[str, object]]) -> list[str]:
-    """Config keys whose values differ between the given configurations (flattened dicts)."""
-    keys = set().union(*groups) if groups else set()
-    missing = object()
-    return sorted(key for key in keys if len({json.dumps(g.get(key, missing), default=str) for g in groups}) > 1)
-
-
-def paper_setting_differences(data: str | None, config: dict | None) -> list[str]:
-    """``key=value (paper: value)`` for each distortion parameter of the run that is not the shipped
-    default of its ``data=`` option (the defaults are the papers' settings, see docs/datasets.md)."""
-    shipped = SHIPPED_DATA / f"{data}.yaml"
-    if not isinstance(config, dict) or not shipped.is_file():
-        return ["no stored config" if not isinstance(config, dict) else f"no shipped data option '{data}'"]
-    paper = OmegaConf.to_container(OmegaConf.load(shipped).get("distortion") or {}, resolve=False)
-    ours = ((config.get("data") or {}).get("distortion")) or {}
-    ours = flatten(ours)
-    return [f"data.distortion.{key}={ours.get(key)} (paper: {value})" for key, value in flatten(paper).items()
-            if ours.get(key) != value and not (isinstance(value, str) and "${" in value)]  # ${..root}: a path
-
-
-def _round(value, digits: int = 2):
-    return None if _missing(value) else round(float(value), digits)
-
-
-def _finished(runs: pd.DataFrame) -> pd.DataFrame:
+def _tested(runs: pd.DataFrame) -> pd.DataFrame:
     return runs[(runs["status"] == "finished") & runs["test_err"].notna()]
 
 
-def configuration_names(runs: pd.DataFrame) -> dict[tuple[str, str, str], str]:
-    """(data, model label, configuration key) -> the keys that tell this configuration apart from the
-    others of the same data and model, as ``key=value, ...`` (empty when it is the only one)."""
-    by_choice: dict[tuple, list[str]] = {}
-    for data, label, key in _finished(runs)[["data", "label", "configuration"]].drop_duplicates().itertuples(
-            index=False):
-        by_choice.setdefault((data, label), []).append(key)
-    names = {}
-    for (data, label), keys in by_choice.items():
-        configs = [json.loads(key) for key in keys]
-        shown = _distinguishing(configs)
-        for key, config in zip(keys, configs, strict=True):
-            names[(data, label, key)] = ", ".join(f"{k}={config.get(k)}" for k in shown)
+def configuration_names(runs: pd.DataFrame) -> dict[int, str]:
+    """Configuration id -> the keys that tell it apart from the other configurations of the same data and
+    model, as ``key=value, ...`` (empty when it is the only one)."""
+    tested = _tested(runs)
+    firsts = tested.drop_duplicates("configuration")
+    names: dict[int, str] = {}
+    for _, group in firsts.groupby(["data", "label"], dropna=False, sort=False):
+        flat = {row.configuration: configuration(row.run.config) if row.run is not None else {}
+                for row in group.itertuples()}
+        keys = sorted(set().union(*flat.values()))
+        shown = [k for k in keys if len({json.dumps(c.get(k, ABSENT), default=str) for c in flat.values()}) > 1]
+        for number, config in flat.items():
+            names[number] = ", ".join(f"{k}={_short(config.get(k, ABSENT))}" for k in shown)
     return names
+
+
+def _short(value) -> str:
+    """Config values as a row name shows them: floats with 4 significant digits."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def row_name(label: str, configuration: str) -> str:
     return f"{label} ({configuration})" if configuration else label
 
 
+def _round(value, digits: int = 2):
+    return None if _missing(value) else round(float(value), digits)
+
+
+def _mean_or_none(values: pd.Series, digits: int = 2):
+    return _round(values.mean(), digits) if values.notna().any() else None
+
+
+def _std_or_none(values: pd.Series):
+    return _round(values.std(ddof=1)) if values.notna().sum() > 1 else None
+
+
 def summarise(runs: pd.DataFrame) -> pd.DataFrame:
-    """Mean ± std over seeds of finished runs, one row per configuration, with the published number."""
+    """Mean ± std over seeds of finished, tested runs, one row per configuration, with the published number."""
     names = configuration_names(runs)
     rows = []
-    for (data, label, key), group in _finished(runs).groupby(["data", "label", "configuration"], sort=True):
+    for (data, label, number), group in _tested(runs).groupby(["data", "label", "configuration"], sort=True):
         first = group.iloc[0]
         transform = None if _missing(first["transform"]) else first["transform"]
         published = lookup(data, first["model"], transform)
-        differences = paper_setting_differences(data, first["config"]) if published else []
-        ours = group["test_err"].mean()
-        if published is not None and published.metric == "test/digit_err":
-            ours_for_diff = group["digit_err"].mean()
-        else:
-            ours_for_diff = ours
+        test_images = group["test_images"].min() if group["test_images"].notna().any() else None
+        differences_found = (setting_differences(published, data, first["run"].config if first["run"] else None,
+                                                 None if test_images is None else int(test_images))
+                             if published else [])
+        comparable = published is not None and not differences_found
+        metric_column = "digit_err" if published is not None and published.metric == "test/digit_err" else "test_err"
         seeds = group["seed"].dropna().tolist()
         repeated = sorted({s for s in seeds if seeds.count(s) > 1})
-        comparable = published is not None and not differences
         commits = sorted(set(group["commit"].dropna()))
         rows.append({
             "data": data,
             "model": label,
-            "configuration": names[(data, label, key)],
+            "configuration": names.get(number, ""),
             "commit": commits[0] if len(commits) == 1 else (f"mixed ({len(commits)})" if commits else None),
             "runs": len(group),
             "seeds": len(set(seeds)),
             "repeats": ", ".join(f"seed {s} x{seeds.count(s)}" for s in repeated),
-            "test_err_mean": _round(ours),
-            "test_err_std": _round(group["test_err"].std(ddof=1)) if len(group) > 1 else None,
-            "digit_err_mean": _round(group["digit_err"].mean()) if group["digit_err"].notna().any() else None,
-            "digit_err_std": _round(group["digit_err"].std(ddof=1)) if group["digit_err"].notna().sum() > 1 else None,
+            "test_err_mean": _round(group["test_err"].mean()),
+            "test_err_std": _std_or_none(group["test_err"]),
+            "digit_err_mean": _mean_or_none(group["digit_err"]),
+            "digit_err_std": _std_or_none(group["digit_err"]),
+            "val_err_best_mean": _mean_or_none(group["val_err_best"]),
+            "test_images": None if test_images is None else int(test_images),
+            "images_seen": int(group["images_seen"].max()) if group["images_seen"].notna().any() else None,
             "published_err": published.err if comparable else None,
             "published_metric": published.metric if comparable else None,
+            "paper_images": published.setting.images_seen if comparable else None,
             "source": published.source if comparable else None,
-            "diff": _round(ours_for_diff - published.err) if comparable else None,
-            "comparable": ("yes" if comparable else "not comparable: " + "; ".join(differences)) if published
+            "diff": _round(group[metric_column].mean() - published.err) if comparable else None,
+            "comparable": ("yes" if comparable else "not comparable: " + "; ".join(differences_found)) if published
             else "",
             "parameters": int(first["parameters"]) if pd.notna(first["parameters"]) else None,
             "fit_seconds_mean": _round(group["fit_seconds"].mean(), 1),
@@ -211,7 +240,18 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def failures(runs: pd.DataFrame) -> pd.DataFrame:
-    return runs[runs["status"] != "finished"][["run_dir", "status", "error"]]
+    """Runs that did not finish (pruned trials are listed on their own, see ``pruned``)."""
+    return runs[~runs["status"].isin(("finished", "pruned"))][["run_dir", "status", "error"]]
+
+
+def pruned(runs: pd.DataFrame) -> pd.DataFrame:
+    """Optuna trials stopped early by the pruner: outcomes of a search, not results."""
+    return runs[runs["status"] == "pruned"][["run_dir", "status", "error"]]
+
+
+def untested(runs: pd.DataFrame) -> pd.DataFrame:
+    """Finished runs without a test result (test_after_fit=false, debug=fast_dev_run): no row, but listed."""
+    return runs[(runs["status"] == "finished") & runs["test_err"].isna()][["run_dir", "status", "error"]]
 
 
 def _cell(value) -> str:
@@ -223,9 +263,31 @@ def _mean_std(mean, std) -> str:
     return "" if _missing(mean) else f"{mean:.2f}" + ("" if _missing(std) else f" ± {std:.2f}")
 
 
+def _images(seen, paper) -> str:
+    """Training images of a row, and the share of the paper's budget they are where it is known."""
+    if _missing(seen):
+        return ""
+    text = f"{seen / 1e6:.2f}M" if seen >= 1e5 else f"{int(seen):,}"
+    return text + ("" if _missing(paper) else f" ({100 * seen / paper:.2g} % of the paper's)")
+
+
+def notes(table: pd.DataFrame) -> list[str]:
+    """Why each row with a published number is not the paper's setting, one note per row."""
+    return [f"{row_name(row.model, _cell(row.configuration))} on {row.data}: {row.comparable.split(': ', 1)[1]}"
+            for row in table.itertuples() if str(row.comparable).startswith("not comparable")]
+
+
 def display_table(table: pd.DataFrame) -> pd.DataFrame:
-    """The table as people read it: 'mean ± std' and the published number with its metric."""
-    shown = pd.DataFrame({
+    """The table as people read it: 'mean ± std', budgets, and the published number with its metric; a row
+    that is not the paper's setting shows 'n/c [k]', k the number of its note under the table."""
+    markers, k = [], 0
+    for value, comparable in zip(table["diff"], table["comparable"], strict=True):
+        if str(comparable).startswith("not comparable"):
+            k += 1
+            markers.append(f"n/c [{k}]")
+        else:
+            markers.append(_cell(value))
+    return pd.DataFrame({
         "data": table["data"],
         "model": table["model"],
         "configuration": [_cell(v) for v in table["configuration"]],
@@ -234,27 +296,44 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
         "test err % (mean ± std)": [_mean_std(m, s) for m, s
                                     in zip(table["test_err_mean"], table["test_err_std"], strict=True)],
         "digit err %": [_mean_std(m, s) for m, s in zip(table["digit_err_mean"], table["digit_err_std"], strict=True)],
+        "val err best %": [_cell(v) for v in table["val_err_best_mean"]],
+        "test images": ["" if _missing(v) else f"{int(v):,}" for v in table["test_images"]],
+        "trained on": [_images(s, p) for s, p in zip(table["images_seen"], table["paper_images"], strict=True)],
         "published %": [_cell(v) + (" (digit)" if m == "test/digit_err" else "")
                         for v, m in zip(table["published_err"], table["published_metric"], strict=True)],
-        "diff": [_cell(v) if c in ("yes", "") else c for v, c in zip(table["diff"], table["comparable"],
-                                                                       strict=True)],
+        "diff": markers,
         "parameters": ["" if _missing(v) else f"{int(v):,}" for v in table["parameters"]],
         "fit s": [_cell(v) for v in table["fit_seconds_mean"]],
         "steps": [_cell(v) for v in table["steps"]],
         "commit": [_cell(v) for v in table["commit"]],
     })
-    return shown
 
 
-def to_markdown(table: pd.DataFrame, failed: pd.DataFrame, root: Path, runs: pd.DataFrame | None = None) -> str:
+def _listing(title: str, frame: pd.DataFrame, explain: str = "") -> list[str]:
+    if frame.empty:
+        return []
+    lines = [f"## {title}", ""] + ([explain, ""] if explain else [])
+    lines += [f"- `{row.run_dir}` ({row.status})" + (f": {row.error}" if row.error else "")
+              for row in frame.itertuples()]
+    return lines + [""]
+
+
+def to_markdown(table: pd.DataFrame, failed: pd.DataFrame, root: Path, runs: pd.DataFrame | None = None,
+                pictures: list[str] | None = None) -> str:
     lines = [f"# stnbench report: `{root}`", ""]
     if table.empty:
         lines.append("No finished runs.")
     else:
         lines.append(display_table(table).to_markdown(index=False))
+    row_notes = notes(table) if not table.empty else []
+    if row_notes:
+        lines += ["", "Not the paper's setting (`n/c`):", ""] + [f"{k}. {note}" for k, note in
+                                                                 enumerate(row_notes, 1)]
     lines += ["", "One row per configuration (everything a run computes except its seed); `configuration` names the "
               "keys that tell rows of the same data and model apart. A published number and `diff` appear only "
-              "where the row's data setting is the paper's; otherwise `diff` says why it is not comparable.",
+              "where the row is the paper's setting: its model, data and training set, and the full test set; "
+              "`trained on` says how many training images the row's runs drew and what share of the paper's "
+              "budget that is.",
               "", "`diff` = ours − published (percentage points; negative is better than the paper; a published "
               "per-digit error is compared with our digit error)."]
     sources = list(dict.fromkeys(table["source"].dropna())) if "source" in table else []
@@ -262,10 +341,12 @@ def to_markdown(table: pd.DataFrame, failed: pd.DataFrame, root: Path, runs: pd.
     if runs is not None and runs["versions"].astype(bool).any():
         seen = sorted(set(runs.loc[runs["status"] == "finished", "versions"].dropna()) - {""})
         lines += ["Made with: " + " | ".join(seen) + "; `commit`: the stnbench checkout of each row's runs.", ""]
-    if not failed.empty:
-        lines += ["## Runs that did not finish", ""]
-        lines += [f"- `{row.run_dir}` ({row.status}): {row.error}" for row in failed.itertuples()]
-        lines.append("")
+    if runs is not None:
+        lines += _listing("Finished without a test result", untested(runs),
+                          "Trained, but not tested (`test_after_fit=false` or `debug=fast_dev_run`): no row.")
+        lines += _listing("Pruned trials", pruned(runs), "Stopped early by the Optuna pruner: not results.")
+    lines += _listing("Runs that did not finish", failed)
+    lines += pictures or []
     return "\n".join(lines)
 
 
@@ -341,8 +422,8 @@ def plot_validation(runs: pd.DataFrame, path: Path, against: str = "step") -> in
     import matplotlib.pyplot as plt
 
     names = configuration_names(runs)
-    finished = _finished(runs)
-    finished = finished.assign(label=[row_name(r.label, names[(r.data, r.label, r.configuration)])
+    finished = _tested(runs)
+    finished = finished.assign(label=[row_name(r.label, names.get(r.configuration, ""))
                                       for r in finished.itertuples()])
     datasets = list(dict.fromkeys(finished["data"]))
     panels = max(1, len(datasets))
@@ -381,19 +462,33 @@ def report(root: str | Path, plots: bool = True) -> dict:
         raise SystemExit(f"stnbench-report: error: no runs under '{root}' (no results.json, no .hydra)")
     table, failed = summarise(runs), failures(runs)
     table.to_csv(root / "report.csv", index=False)
-    (root / "report.md").write_text(to_markdown(table, failed, root, runs))
     written = [root / "report.md", root / "report.csv"]
+    pictures: list[str] = []
     if plots and not table.empty:
         plot_test_error(table, root / "test_error.png")
         written.append(root / "test_error.png")
         for against, name in (("step", "val_error.png"), ("seconds", "val_error_time.png")):
             if plot_validation(runs, root / name, against):
                 written.append(root / name)
-        from stnbench.glimpses import write_sweep_glimpse_pictures
-
-        # each model's glimpses in step order, on the same test images (glimpses/<run>.png)
-        written += [path for path in write_sweep_glimpse_pictures(root).values() if path is not None]
+        glimpses, skipped = glimpse_pictures(root)
+        written += glimpses
+        if skipped:
+            pictures = ["## Glimpse pictures", "", skipped, ""]
+    (root / "report.md").write_text(to_markdown(table, failed, root, runs, pictures))
     return {"runs": runs, "table": table, "failed": failed, "written": written}
+
+
+def glimpse_pictures(root: Path) -> tuple[list[Path], str]:
+    """Each model's glimpses in step order, on the same test images (glimpses/<run>.png), and the one line
+    that says why there are none when the test images cannot be made here (no MNIST, say)."""
+    from stnbench.glimpses import write_sweep_glimpse_pictures
+
+    try:
+        return [path for path in write_sweep_glimpse_pictures(root).values() if path is not None], ""
+    except (*USER_ERRORS, OSError) as error:
+        reason = f"Glimpse pictures skipped: {error}"
+        log.warning(reason)
+        return [], reason
 
 
 def print_report(result: dict) -> None:
