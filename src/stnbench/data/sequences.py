@@ -17,6 +17,7 @@ import torch
 from stnbench.data.clutter import add_clutter, check_clutter, crop, other_digits, paste, random_int
 from stnbench.data.distortions import DIGIT_SIZE, ConfigError, Distortion, Rendered, as_float, uniform
 from stnbench.data.mnist import DigitSplit, load_mnist
+from stnbench.resolvers import centred_row
 
 MAX_DIGITS = 5
 MIN_SPACING = 14  # below this neighbouring digits overlap so much that they can no longer be read
@@ -119,7 +120,8 @@ class SonderbySequence(Distortion):
     """Sønderby et al.'s cluttered MNIST sequences, as their ``create_mnist_sequence.py`` makes them.
 
     Per image: ``num_digits`` digits drawn with replacement from the split, side by side ``spacing`` px
-    apart (28: no gap), pasted (written, not added). The row starts at x in ``x_offset`` and y in
+    apart (28: no gap), pasted (written, not added). The row starts at x in ``x_offset`` (default: the
+    reference's centred row, ``[0, 2c - 1]`` with ``c = (W - row width) // 2``) and y in
     ``y_offset``; digit i sits ``i * step`` px lower, with one integer ``step`` in ``step_range`` per
     image (28 px advance: slope about +-0.5); each digit's top is then clamped into the canvas on its own,
     so rows bend at the edges. ``num_distractors`` crops of ``crop_size`` are written into their own layer
@@ -133,7 +135,7 @@ class SonderbySequence(Distortion):
     name = "multi_digit"
 
     def __init__(self, num_digits: int = 3, canvas_size: int = 100, spacing: int = 28,
-                 step_range: Sequence[int] = (-14, 13), x_offset: Sequence[int] = (0, 15),
+                 step_range: Sequence[int] = (-14, 13), x_offset: Sequence[int] | None = None,
                  y_offset: Sequence[int] = (0, 99), num_distractors: int = 8, crop_size: int = 9,
                  distractor_source: str = "bank", bank_size: int = 100_000, bank_seed: int = 1234,
                  root: str = "data") -> None:
@@ -143,6 +145,8 @@ class SonderbySequence(Distortion):
             raise ConfigError(f"spacing={spacing} px between neighbouring digits' left edges makes them "
                               f"overlap unreadably; use at least {MIN_SPACING} ({DIGIT_SIZE} = side by side)")
         self.step_range = int_range("step_range", step_range)
+        if x_offset is None:  # the reference's centred row for any digit count (stnbench.resolvers.centred_row)
+            x_offset = centred_row(canvas_size, num_digits, spacing)
         self.x_offset, self.y_offset = int_range("x_offset", x_offset), int_range("y_offset", y_offset)
         width = self.x_offset[1] + (num_digits - 1) * spacing + DIGIT_SIZE
         if self.x_offset[0] < 0 or canvas_size < width:
