@@ -22,10 +22,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from stnbench.build import USER_ERRORS, load_checkpoint
 from stnbench.cli_help import run_command
-from stnbench.errors import ConfigError
-from stnbench.module import CONFIG_KEY
+from stnbench.errors import USER_ERRORS, ConfigError
+from stnbench.records import CONFIG_KEY, load_checkpoint
 
 log = logging.getLogger("stnbench")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
@@ -93,10 +92,15 @@ def _as_float(array: np.ndarray, source: str) -> torch.Tensor:
 
 
 def _read_image(path: Path) -> torch.Tensor:
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
-    with Image.open(path) as image:
-        return _as_float(np.asarray(image.convert("L")), str(path))[None]  # [1, H, W]
+    try:
+        with Image.open(path) as image:
+            pixels = np.asarray(image.convert("L"))
+    except (UnidentifiedImageError, OSError) as error:
+        raise ConfigError(f"input '{path}' is not a readable image ({type(error).__name__}); pass PNG/JPEG/BMP "
+                          "files, a folder of them, or a .npy array") from None
+    return _as_float(pixels, str(path))[None]  # [1, H, W]
 
 
 def read_inputs(source: str | Path, input_shape: tuple[int, int, int]) -> tuple[list[str], torch.Tensor]:
