@@ -1,5 +1,6 @@
 """The full-recurrent STN's options (issue 13): step inputs, feedback ablation, loss at every glimpse, the
-seed_hypothesis experiment and the glimpse pictures, on real MNIST."""
+seed_hypothesis experiment and the glimpse pictures, on real MNIST; the paired initialisation of the
+feedback / no-feedback models (issue 22)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from PIL import Image
 from conftest import compose_config
 from stnbench.config_checks import check_config
 from stnbench.errors import ConfigError
-from stnbench.models.recurrent_stn import RecurrentSTN
+from stnbench.models.recurrent_stn import FeedbackGRUCell, RecurrentSTN
 from stnbench.module import STNBenchModule, classification_loss, step_logits
 from test_models import build_model
 
@@ -46,11 +47,14 @@ def digits(mnist_root) -> tuple[torch.Tensor, torch.Tensor]:
     return test.images[:512].float().div(255.0).unsqueeze(1), test.labels[:512].long()
 
 
-def randomise_recurrence(net: RecurrentSTN, seed: int = 0) -> None:
-    """Move θ_0 and the update layer off their identity init, so later θs depend on the GRU's input."""
+def randomise_recurrence(net: RecurrentSTN, seed: int = 0, feedback: bool = True) -> None:
+    """Move θ_0 and the update layer off their identity init, so later θs depend on the GRU's input, and
+    (``feedback``) the GRU's glimpse-code weights off zero, so they depend on the glimpse too."""
     generator = torch.Generator().manual_seed(seed)
+    code_weights = getattr(net.rnn, "feedback", None)
+    layers = [net.stn.regressor, net.update] + ([code_weights] if feedback and code_weights is not None else [])
     with torch.no_grad():
-        for layer in (net.stn.regressor, net.update):
+        for layer in layers:
             layer.weight.copy_(torch.randn(layer.weight.shape, generator=generator) * 0.05)
 
 
@@ -58,9 +62,11 @@ def randomise_recurrence(net: RecurrentSTN, seed: int = 0) -> None:
 def test_every_step_input_combination_builds_and_trains(digits, combination):
     torch.manual_seed(0)
     net = build_model("recurrent_stn", (1, 28, 28), overrides=(*SMALL, "model.num_glimpses=2", *switches(combination)))
-    assert (net.encoder is not None) == combination[0]
-    widths = {"glimpse_feedback": 32, "context": 32, "theta_input": net.transform.num_params}
-    assert net.rnn.input_size == sum(w for (name, w), on in zip(widths.items(), combination, strict=True) if on)
+    assert (net.encoder is not None) == (net.rnn.feedback is not None) == combination[0]
+    if combination[0]:
+        assert net.rnn.feedback.in_features == 32, "the glimpse code enters through weights of its own"
+    widths = {"context": 32, "theta_input": net.transform.num_params}
+    assert net.rnn.input_size == sum(w for (name, w), on in zip(widths.items(), combination[1:], strict=True) if on)
     images, labels = digits
     optimiser = torch.optim.Adam(net.parameters(), lr=3e-3)
     order = torch.randint(0, len(images), (30, 32), generator=torch.Generator().manual_seed(0))
@@ -92,8 +98,8 @@ def test_feedback_off_drops_exactly_the_feedback_path():
     assert off.encoder is None and not off.glimpse_feedback and off.context and off.theta_input
     shapes_on = {k: v.shape for k, v in on.state_dict().items()}
     shapes_off = {k: v.shape for k, v in off.state_dict().items()}
-    assert {k for k in shapes_on if k not in shapes_off} == {k for k in shapes_on if k.startswith("encoder.")}
-    assert all(shapes_on[k] == shape for k, shape in shapes_off.items() if k != "rnn.weight_ih")
+    assert {k for k in shapes_on if k not in shapes_off} == feedback_keys(on)
+    assert all(shapes_on[k] == shape for k, shape in shapes_off.items())
     embedding = on.encoder.out_features
     missing = sum(p.numel() for p in on.encoder.parameters()) + 3 * on.rnn.hidden_size * embedding
     count = lambda net: sum(p.numel() for p in net.parameters())  # noqa: E731
@@ -104,22 +110,101 @@ def test_feedback_off_drops_exactly_the_feedback_path():
 def test_feedback_off_ignores_the_glimpse(feedback):
     """Perturb every sampled glimpse (the sampler's output, before anything reads it): without feedback
     the θs are bit-identical (the GRU never sees a glimpse), while the classifier's logits change (so the
-    perturbation reached the model); with feedback θ_1 and θ_2 move."""
+    perturbation reached the model); with feedback θ_1 and θ_2 move once the GRU's glimpse-code weights are
+    off their zero start (at the start they are not: the feedback model begins as its partner)."""
     net = build_model("recurrent_stn", (1, 42, 42), overrides=(f"model.glimpse_feedback={str(feedback).lower()}",),
                       seed=1)
-    randomise_recurrence(net)
     images = torch.rand(4, 1, 42, 42)
-    clean = net(images)
-    warp = net.stn.warp
     noise = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(5))
-    net.stn.warp = lambda image, theta: warp(image, theta) + noise
-    perturbed = net(images)
+    warp = net.stn.warp
+
+    def clean_and_perturbed():
+        net.stn.warp = warp
+        clean = net(images)
+        net.stn.warp = lambda image, theta: warp(image, theta) + noise
+        return clean, net(images)
+
+    randomise_recurrence(net, feedback=False)
+    clean, perturbed = clean_and_perturbed()
+    torch.testing.assert_close(perturbed.thetas, clean.thetas, atol=0, rtol=0)  # zero start: no glimpse yet
+    randomise_recurrence(net)
+    clean, perturbed = clean_and_perturbed()
     assert not torch.allclose(perturbed.logits, clean.logits)
     torch.testing.assert_close(perturbed.thetas[:, 0], clean.thetas[:, 0], atol=0, rtol=0)  # θ_0: whole image
     if feedback:
         assert not torch.allclose(perturbed.thetas[:, 1:], clean.thetas[:, 1:])
     else:
         torch.testing.assert_close(perturbed.thetas, clean.thetas, atol=0, rtol=0)
+
+
+def feedback_keys(net: RecurrentSTN) -> set[str]:
+    """The state-dict keys of the feedback path: the glimpse encoder and the GRU's weights for its code."""
+    return {k for k in net.state_dict() if k.startswith(("encoder.", "rnn.feedback."))}
+
+
+PAIRS = [(("recurrent_stn",), ("recurrent_stn_no_feedback",))] + [
+    (("recurrent_stn", *switches((True, *inputs))), ("recurrent_stn", *switches((False, *inputs))))
+    for inputs in ((True, True), (True, False), (False, True))]
+
+
+@pytest.mark.parametrize("on, off", PAIRS, ids=["no_feedback_config", "context+theta_input", "context", "theta_input"])
+@pytest.mark.parametrize("seed", [1, 2])
+def test_feedback_pairs_share_every_parameter_at_the_same_seed(on, off, seed):
+    """Issue 22: at the same seed the feedback model and its no-feedback partner have identical tensors under
+    every shared name (no shared name has another shape: the glimpse code has input weights of its own, so
+    there is no partly shared weight), the global random stream ends where it ends for the partner, and at
+    step 0 the two compute the same θs and logits bit for bit (the feedback weights start at zero)."""
+    with_feedback = build_model(on[0], (1, 60, 60), num_steps=2, overrides=on[1:], seed=seed)
+    stream_on = torch.get_rng_state()
+    without = build_model(off[0], (1, 60, 60), num_steps=2, overrides=off[1:], seed=seed)
+    assert torch.equal(torch.get_rng_state(), stream_on), "the feedback path must not move the global stream"
+    state_on, state_off = with_feedback.state_dict(), without.state_dict()
+    assert set(state_on) - set(state_off) == feedback_keys(with_feedback) and set(state_off) <= set(state_on)
+    for key, tensor in state_off.items():
+        assert state_on[key].shape == tensor.shape and torch.equal(state_on[key], tensor), key
+    assert not state_on["rnn.feedback.weight"].any()
+    for net in (with_feedback, without):
+        randomise_recurrence(net, feedback=False)  # θs that depend on the GRU state, same in both
+    images = torch.rand(3, 1, 60, 60, generator=torch.Generator().manual_seed(seed))
+    out_on, out_off = with_feedback(images), without(images)
+    assert not torch.allclose(out_off.thetas[:, 1], out_off.thetas[:, 0])
+    for name in ("thetas", "logits", "glimpses"):
+        torch.testing.assert_close(getattr(out_on, name), getattr(out_off, name), atol=0, rtol=0)
+
+
+def test_feedback_gru_cell_is_torchs_gru_cell_plus_the_glimpse_code():
+    """Without a glimpse code the cell computes what nn.GRUCell computes, bit for bit on CPU (so the
+    no-feedback model is the one of before issue 22); the glimpse code adds feedback(code) to the input gates,
+    the same function as concatenating it to the input."""
+    torch.manual_seed(0)
+    cell, reference = FeedbackGRUCell(7, 5, feedback_size=3), torch.nn.GRUCell(7, 5)
+    assert not cell.feedback.weight.any()
+    reference.load_state_dict({k: v for k, v in cell.state_dict().items() if not k.startswith("feedback.")})
+    x, h, code = torch.randn(4, 7), torch.randn(4, 5), torch.randn(4, 3)
+    torch.testing.assert_close(cell(x, h), reference(x, h), atol=0, rtol=0)
+    torch.testing.assert_close(cell(x, None), reference(x), atol=0, rtol=0)
+    torch.nn.init.normal_(cell.feedback.weight)
+    concatenated = torch.nn.GRUCell(10, 5)
+    with torch.no_grad():
+        concatenated.weight_ih.copy_(torch.cat([cell.feedback.weight, cell.weight_ih], 1))
+        for name in ("weight_hh", "bias_ih", "bias_hh"):
+            getattr(concatenated, name).copy_(getattr(cell, name))
+    torch.testing.assert_close(cell(x, h, code), concatenated(torch.cat([code, x], 1), h))
+
+
+def test_checkpoints_of_the_concatenated_layout_still_load():
+    """Before issue 22 the glimpse code was concatenated first into the GRU's input (``rnn.weight_ih`` of
+    [3H, code + context + θ]); such a state dict loads into today's layout (strict) and gives the same model."""
+    net = build_model("recurrent_stn", (1, 42, 42), seed=3)
+    randomise_recurrence(net)
+    old = dict(net.state_dict())
+    old["rnn.weight_ih"] = torch.cat([old.pop("rnn.feedback.weight"), old["rnn.weight_ih"]], 1)
+    loaded = build_model("recurrent_stn", (1, 42, 42), seed=4)
+    loaded.load_state_dict(old)
+    for key, tensor in net.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], tensor), key
+    images = torch.rand(2, 1, 42, 42)
+    torch.testing.assert_close(loaded(images).thetas, net(images).thetas, atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("combination", COMBINATIONS, ids=combination_id)

@@ -1,5 +1,6 @@
 """Sønderby et al.'s three systems layer for layer (shapes, parameter counts, identity start, Lasagne's GRU),
-their training recipe (RMSprop, clipping order, decay rule, early stopping), and the parallel 2xST model."""
+the RNN-SPN's glimpse-feedback switch (issue 22), their training recipe (RMSprop, clipping order, decay rule,
+early stopping), and the parallel 2xST model."""
 
 from __future__ import annotations
 
@@ -13,9 +14,14 @@ from torch import nn
 
 from conftest import compose_config
 from stnbench import viz
+from stnbench.build import _instantiate, build_model
+from stnbench.data.mnist import load_mnist
 from stnbench.errors import ConfigError
+from stnbench.models import sonderby
+from stnbench.models.output import ModelOutput
 from stnbench.models.sonderby import LasagneGRUCell, SonderbyCNN, SonderbyFFNSPN, SonderbyRNNSPN
-from stnbench.models.stn import warp
+from stnbench.models.stn import identity_regressor, warp, warp_steps
+from stnbench.models.transforms import Affine
 from stnbench.sonderby_training import GradientValueClip, decay_epochs, reference_decay
 from stnbench.train import train
 from test_data_train import TINY
@@ -23,6 +29,10 @@ from test_data_train import TINY
 SONDERBY = ("sonderby_cnn", "sonderby_cnn_spn", "sonderby_rnn_spn")
 # Parameter counts on 100x100 inputs, 3 digits, downsample 3 (33x33 glimpses); docs/models.md derives them.
 PARAMETERS = {"sonderby_cnn": 793_870, "sonderby_cnn_spn": 1_126_716, "sonderby_rnn_spn": 1_678_544}
+# With model.glimpse_feedback=true: + encoder convs 160 + 2,320 + 2,320, dense 256·64 + 64, GRU input weights
+# for the code 64·768 (docs/models.md).
+FEEDBACK_PARAMETERS = 1_748_944
+FEEDBACK = "model.glimpse_feedback=true"
 
 
 def build(name: str, *overrides: str, shape=(1, 100, 100), num_classes: int = 10, num_steps: int = 3):
@@ -101,6 +111,150 @@ def test_lasagne_gru_is_torchs_gru_with_one_bias_per_gate_and_the_update_gate_fl
     x, h = torch.randn(4, 7), torch.randn(4, 5)
     assert torch.allclose(cell(x, h), torch_cell(x, h), atol=1e-6)
     assert count(cell) == 3 * (7 * 5 + 5 * 5 + 5), "Lasagne: one bias per gate"
+
+
+class ReferenceRNNSPN(nn.Module):
+    """The RNN-SPN as sonderby.py built it before issue 22 (no feedback switch), kept here as the yardstick:
+    the same construction order from the same building blocks, and the forward pass written out as it was."""
+
+    def __init__(self, input_shape=(1, 100, 100), num_steps: int = 3) -> None:
+        super().__init__()
+        self.transform, self.steps, self.glimpse_hw = Affine(), num_steps, (33, 33)
+        self.localisation = sonderby.conv_stack(1, 20, pool_first=True)
+        size = sonderby.checked_flat_size(self.localisation, input_shape, "localisation net")
+        self.classifier = sonderby.SonderbyClassifier((1, 33, 33), 10, 32, 400)
+        sonderby.lasagne_init(self)
+        self.rnn = LasagneGRUCell(size, 256)
+        self.regressor = identity_regressor(256, self.transform)
+
+    def forward(self, images: torch.Tensor) -> ModelOutput:
+        code = self.localisation(images)
+        state, hidden = None, []
+        for _ in range(self.steps):
+            state = self.rnn(code, state)
+            hidden.append(state)
+        thetas = self.regressor(torch.stack(hidden, 1))
+        glimpses = warp_steps(images, self.transform, thetas, self.glimpse_hw)
+        logits = self.classifier(glimpses.flatten(0, 1)).view(images.shape[0], self.steps, 10)
+        return ModelOutput(logits, thetas=thetas, glimpses=glimpses)
+
+
+def move_regressor(*models: nn.Module) -> None:
+    """The same small random weights in each model's θ layer, so the θs depend on the GRU state."""
+    weight = torch.randn(6, 256, generator=torch.Generator().manual_seed(11)) * 0.01
+    with torch.no_grad():
+        for model in models:
+            model.regressor.weight.copy_(weight)
+
+
+def assert_same_output(a: ModelOutput, b: ModelOutput) -> None:
+    for name in ("logits", "thetas", "glimpses"):
+        torch.testing.assert_close(getattr(a, name), getattr(b, name), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_rnn_spn_without_feedback_is_the_reference_weight_for_weight(seed):
+    """glimpse_feedback=false (the default) is the RNN-SPN of before the switch: at the same seed every
+    tensor of the state dict, the global random stream after construction, and the forward pass bit for bit."""
+    for overrides in ((), ("model.glimpse_feedback=false",)):
+        torch.manual_seed(seed)
+        reference = ReferenceRNNSPN()
+        stream = torch.get_rng_state()
+        torch.manual_seed(seed)
+        model = build("sonderby_rnn_spn", *overrides)
+        assert torch.equal(torch.get_rng_state(), stream)
+        assert model.encoder is None and model.rnn.feedback is None
+        ours, theirs = model.state_dict(), reference.state_dict()
+        assert list(ours) == list(theirs)
+        for key, tensor in theirs.items():
+            assert torch.equal(ours[key], tensor), key
+        move_regressor(model, reference)
+        images = torch.rand(3, 1, 100, 100, generator=torch.Generator().manual_seed(seed))
+        output = model(images)
+        assert not torch.allclose(output.thetas[:, 0], output.thetas[:, 1])
+        assert_same_output(output, reference(images))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_rnn_spn_feedback_pair_shares_every_parameter_at_the_same_seed(seed):
+    """With the switch on, the model has the encoder and the GRU's input weights for its code on top (the
+    counts of docs/models.md); every other tensor is the switch-off model's, the global stream ends in the
+    same place, and, the feedback weights starting at zero, both compute the same output at step 0."""
+    torch.manual_seed(seed)
+    off = build("sonderby_rnn_spn")
+    stream = torch.get_rng_state()
+    torch.manual_seed(seed)
+    on = build("sonderby_rnn_spn", FEEDBACK)
+    assert torch.equal(torch.get_rng_state(), stream), "the feedback path must not move the global stream"
+    state_on, state_off = on.state_dict(), off.state_dict()
+    assert set(state_on) - set(state_off) == {k for k in state_on if k.startswith(("encoder.", "rnn.feedback."))}
+    for key, tensor in state_off.items():
+        assert state_on[key].shape == tensor.shape and torch.equal(state_on[key], tensor), key
+    assert not on.rnn.feedback.weight.any() and on.rnn.feedback.weight.shape == (3 * 256, 64)
+    assert (count(off), count(on)) == (PARAMETERS["sonderby_rnn_spn"], FEEDBACK_PARAMETERS)
+    assert {id(p) for p in on.parameters()} - {id(p) for p in on.classifier.parameters()} == \
+        {id(p) for p in on.localisation_parameters()}, "the encoder produces θs: it is localisation"
+    move_regressor(on, off)
+    images = torch.rand(3, 1, 100, 100, generator=torch.Generator().manual_seed(seed))
+    assert_same_output(on(images), off(images))
+
+
+@pytest.mark.parametrize("feedback", [False, True])
+def test_rnn_spn_feedback_makes_the_next_theta_depend_on_the_glimpse(feedback):
+    """Perturb every sampled glimpse: with feedback, θ_1 and θ_2 move once the GRU's weights for the glimpse
+    code are non-zero (at their zero start they do not); without, no θ moves, though the logits do."""
+    torch.manual_seed(0)
+    model = build("sonderby_rnn_spn", f"model.glimpse_feedback={str(feedback).lower()}")
+    move_regressor(model)
+    images = torch.rand(2, 1, 100, 100, generator=torch.Generator().manual_seed(3))
+    noise = torch.rand(2, 3, 1, 33, 33, generator=torch.Generator().manual_seed(5))
+    sample = model.sample
+
+    def clean_and_perturbed() -> tuple[ModelOutput, ModelOutput]:
+        model.sample = sample
+        clean = model(images)
+        model.sample = lambda images, thetas: sample(images, thetas) + noise[:, :thetas.shape[1]]
+        return clean, model(images)
+
+    clean, perturbed = clean_and_perturbed()
+    torch.testing.assert_close(perturbed.thetas, clean.thetas, atol=0, rtol=0)
+    assert not torch.allclose(perturbed.logits, clean.logits), "the perturbation reached the classifier"
+    if feedback:
+        with torch.no_grad():
+            model.rnn.feedback.weight.normal_(0, 0.1, generator=torch.Generator().manual_seed(7))
+    clean, perturbed = clean_and_perturbed()
+    torch.testing.assert_close(perturbed.thetas[:, 0], clean.thetas[:, 0], atol=0, rtol=0)  # no glimpse yet
+    if feedback:
+        assert not torch.allclose(perturbed.thetas[:, 1], clean.thetas[:, 1])
+        assert not torch.allclose(perturbed.thetas[:, 2], clean.thetas[:, 2])
+    else:
+        torch.testing.assert_close(perturbed.thetas, clean.thetas, atol=0, rtol=0)
+
+
+def test_rnn_spn_with_feedback_builds_through_the_builder_and_trains(tmp_path, cache_dir, mnist_root):
+    """model=sonderby_rnn_spn model.glimpse_feedback=true from the real configs through the project's model
+    builder (which checks the model contract), then two RMSprop steps of the recipe on a tiny real batch of
+    cluttered sequences: nothing turns NaN, and the feedback weights leave zero on the second step (the θ
+    layer's gradient reaches the GRU once the θ layer is off zero)."""
+    cfg = compose_config(["data=multi_digit", "model=sonderby_rnn_spn", FEEDBACK, "data.distortion.bank_size=500"],
+                         run_dir=tmp_path, cache=cache_dir)
+    datamodule = _instantiate(cfg.data, "data")
+    torch.manual_seed(0)
+    model = build_model(cfg.model, datamodule)
+    assert model.encoder is not None and count(model) == FEEDBACK_PARAMETERS
+    batch = datamodule.distortion.render(load_mnist(mnist_root, train=False), torch.arange(6),
+                                         torch.Generator().manual_seed(0))
+    assert batch.images.shape == (6, 1, 100, 100) and batch.targets.shape == (6, 3)
+    optimiser = torch.optim.RMSprop(model.parameters(), lr=5e-4, alpha=0.9, eps=1e-3)
+    for _ in range(2):
+        logits = model(batch.images).logits
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 10), batch.targets.reshape(-1))
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        assert torch.isfinite(loss)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert model.rnn.feedback.weight.any()
 
 
 def test_weights_are_glorot_uniform_and_biases_zero():
