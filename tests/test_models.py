@@ -30,7 +30,9 @@ def _one_thread():
 
 @cache
 def model_config(model: str, overrides: tuple[str, ...] = ()) -> dict:
-    cfg = compose_config([f"model={model}", *overrides])
+    """The model's config on a dataset without a layout of its own (data=rotated): these tests build the
+    model for any input shape, so the RTS/TC layout (tests/test_paper_layout.py) must not come with it."""
+    cfg = compose_config(["data=rotated", f"model={model}", *overrides])
     return OmegaConf.to_container(cfg.model, resolve=True)
 
 

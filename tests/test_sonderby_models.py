@@ -320,7 +320,7 @@ def test_value_clipping_runs_before_lightnings_norm_clipping():
 @pytest.mark.parametrize("name, overrides", [("st_fcn", ["model.num_transformers=2"]), ("st_fcn_2x", []),
                                              ("st_cnn", ["model.num_transformers=2"])])
 def test_two_transformers_start_at_identity_and_feed_stacked_channels(name, overrides):
-    model = build(name, *overrides, shape=(2, 42, 42), num_classes=19, num_steps=1)
+    model = build(name, "data=addition", *overrides, shape=(2, 42, 42), num_classes=19, num_steps=1)
     assert len(model.transformers) == 2
     first, second = (set(map(id, stn.localisation.parameters())) for stn in model.transformers)
     assert not first & second, "each transformer has its own localisation net"

@@ -13,9 +13,11 @@ Every user of the concept asks this module and nothing else:
 * the report's rows: :func:`configuration` (the identity without the seed) and :func:`differences`;
 * the glimpse pictures: :func:`test_images` (the part of the identity the fixed test images depend on).
 
-A key added to stnbench after a run was made is absent from that run's stored config. It is not a
-difference when the other run has it at its default, that is, when neither command line set it: the
-shipped default then stands for the behaviour of the code before the key existed. A key that either command
+A key added to stnbench after a run was made is absent from that run's stored config. Where its default
+changed what runs compute (``BEFORE_ADDED``: e.g. the RTS/TC layout of the ST models), the stored config is
+compared as if it held the value that reproduces the older code. Any other such key is not a difference
+when the other run has it at its default, that is, when neither command line set it: the shipped default
+then stands for the behaviour of the code before the key existed. A key that either command
 line set (``+trainer.foo=1``, or ``callbacks.model_checkpoint=null``, which removes keys) and that only one
 side has is a difference; so is any such key when a run's command line is not known.
 """
@@ -51,6 +53,13 @@ OBSERVING_CALLBACKS = frozenset({"LearningRateMonitor", "ModelSummary", "RichMod
 CHECKPOINT_FILE_KEYS = frozenset({"dirpath", "filename", "save_last", "verbose", "auto_insert_metric_name",
                                   "enable_version_counter"})
 SEED_KEYS = ("seed", "data.seed")  # what tells the runs of one configuration apart
+# Keys stnbench gained after runs were made, whose default computes something else than the code before them
+# did: a config without one is compared as if it held this value (what the older code did). Add a key here
+# whenever a new key's default changes a result.
+BEFORE_ADDED: dict[str, Any] = {
+    "model.output_pool": 1,                # issue 21: ST models on RTS/TC pool the transformer's output by 2
+    "model.classifier.ceil_mode": False,   # ... and their CNN's max-pools round up
+}
 # Overrides already shown in a run's folder name (run_name), or by its sweep's folder (sweep_name).
 NAMED = frozenset({"data", "model", "model/transform", "seed", "experiment", "hparams_search", "sweep_name"})
 # Config groups whose options only change logging, launching or paths.
@@ -104,6 +113,13 @@ def configuration(config: Mapping) -> dict:
     """The identity without the seed: what the runs of one report row share."""
     flat = flatten(identity(config))
     return {key: value for key, value in flat.items() if key not in SEED_KEYS}
+
+
+def comparable(config: Mapping, *, across_seeds: bool = False) -> dict[str, Any]:
+    """The flat identity (``across_seeds``: the configuration) as two runs are compared: keys of
+    ``BEFORE_ADDED`` that a config lacks hold the value the code had before them."""
+    flat = configuration(config) if across_seeds else flatten(identity(config))
+    return {**BEFORE_ADDED, **flat}
 
 
 def identity_hash(config: Mapping, *, across_seeds: bool = False) -> str:
@@ -162,10 +178,7 @@ def _was_set(key: str, keys: frozenset[str] | None) -> bool:
 def differences(old: Run, new: Run, *, across_seeds: bool = False) -> list[str]:
     """``key: old -> new`` for every key of the identity in which two runs differ (see the module docstring
     for keys only one of them has); ``across_seeds``: of their configurations (the seed does not count)."""
-    if across_seeds:
-        a, b = configuration(old.config), configuration(new.config)
-    else:
-        a, b = flatten(identity(old.config)), flatten(identity(new.config))
+    a, b = comparable(old.config, across_seeds=across_seeds), comparable(new.config, across_seeds=across_seeds)
     shown = []
     for key in sorted(set(a) | set(b)):
         if key in a and key in b:

@@ -20,12 +20,14 @@ class Normalize(nn.Module):
 
 
 def conv_features(in_channels: int, channels: tuple[int, ...], kernels: tuple[int, ...],
-                  same_padding: bool = False) -> nn.Sequential:
-    """conv (valid, or size-preserving "same" padding) -> ReLU -> 2x2 max-pool, once per stage."""
+                  same_padding: bool = False, ceil_mode: bool = False) -> nn.Sequential:
+    """conv (valid, or size-preserving "same" padding) -> ReLU -> 2x2 max-pool, once per stage; ``ceil_mode``:
+    the pool keeps a last odd row and column (Chainer's default), so a 21x21 input fits 9x9 and 7x7 convs."""
     layers: list[nn.Module] = []
     for out_channels, kernel in zip(channels, kernels, strict=True):
         padding = kernel // 2 if same_padding else 0
-        layers += [nn.Conv2d(in_channels, out_channels, kernel, padding=padding), nn.ReLU(), nn.MaxPool2d(2)]
+        layers += [nn.Conv2d(in_channels, out_channels, kernel, padding=padding), nn.ReLU(),
+                   nn.MaxPool2d(2, ceil_mode=ceil_mode)]
         in_channels = out_channels
     return nn.Sequential(*layers)
 
@@ -40,15 +42,17 @@ class CNN(nn.Module):
     """Two conv + max-pool stages and a linear classifier."""
 
     def __init__(self, input_shape: tuple[int, int, int], num_classes: int = 10,
-                 channels: tuple[int, ...] = (32, 64), kernels: tuple[int, ...] = (9, 7)) -> None:
+                 channels: tuple[int, ...] = (32, 64), kernels: tuple[int, ...] = (9, 7),
+                 ceil_mode: bool = False) -> None:
         super().__init__()
         channels, kernels = tuple(channels), tuple(kernels)
-        features = nn.Sequential(Normalize(), conv_features(input_shape[0], channels, kernels), nn.Flatten())
+        features = nn.Sequential(Normalize(), conv_features(input_shape[0], channels, kernels, ceil_mode=ceil_mode),
+                                 nn.Flatten())
         try:
             size = flat_size(features, tuple(input_shape))
         except RuntimeError as error:
             raise ValueError(f"CNN with kernels {kernels} does not fit input {tuple(input_shape)}: "
-                             "use a larger image or smaller kernels") from error
+                             "use a larger image, smaller kernels or classifier.ceil_mode=true") from error
         self.net = nn.Sequential(features, nn.Linear(size, num_classes))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

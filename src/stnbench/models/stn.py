@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from stnbench.data.distortions import ConfigError
@@ -102,13 +103,24 @@ def warp_steps(images: torch.Tensor, transform: Transform, thetas: torch.Tensor,
 
 
 class SpatialTransformer(nn.Module):
+    """localisation -> θ -> the image sampled on an ``output_size`` grid, then average-pooled by
+    ``output_pool`` (Jaderberg et al.'s RTS and TC models downsample the transformer's output by 2 before
+    the classifier; docs/models.md). ``output_hw`` is what comes out: the classifier's input size."""
+
     def __init__(self, input_shape: tuple[int, int, int], transform: Transform, localisation,
-                 output_size: int | Sequence[int] | None = None) -> None:
+                 output_size: int | Sequence[int] | None = None, output_pool: int = 1) -> None:
         super().__init__()
         self.transform = transform
         self.localisation = localisation(input_shape=tuple(input_shape))
         self.regressor = identity_regressor(self.localisation.out_features, transform)
-        self.output_hw = output_hw(output_size, input_shape)
+        self.sampled_hw = output_hw(output_size, input_shape)
+        if isinstance(output_pool, bool) or int(output_pool) != output_pool or output_pool < 1:
+            raise ConfigError(f"output_pool must be a positive integer (1: no pooling), got {output_pool}")
+        self.output_pool = int(output_pool)
+        if any(side % self.output_pool for side in self.sampled_hw):
+            raise ConfigError(f"output_pool={output_pool} does not divide the sampled size {self.sampled_hw}; "
+                              "pick an output_size that it divides")
+        self.output_hw = (self.sampled_hw[0] // self.output_pool, self.sampled_hw[1] // self.output_pool)
 
     @property
     def output_size(self) -> tuple[int, int]:
@@ -120,7 +132,8 @@ class SpatialTransformer(nn.Module):
         return self.warp(images, theta), theta
 
     def warp(self, images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-        return warp(images, self.transform, theta, self.output_hw)
+        sampled = warp(images, self.transform, theta, self.sampled_hw)
+        return F.avg_pool2d(sampled, self.output_pool) if self.output_pool > 1 else sampled
 
 
 class STClassifier(nn.Module):
@@ -137,14 +150,15 @@ class STClassifier(nn.Module):
 
     def __init__(self, input_shape: tuple[int, int, int], num_classes: int, classifier, transform: Transform,
                  localisation, output_size: int | Sequence[int] | None = None, loc_lr_multiplier: float = 1.0,
-                 num_steps: int = 1, num_transformers: int = 1) -> None:
+                 num_steps: int = 1, num_transformers: int = 1, output_pool: int = 1) -> None:
         super().__init__()
         if int(num_transformers) != num_transformers or num_transformers < 1:
             raise ConfigError(f"num_transformers must be a positive integer (2 for 2xST-FCN), got {num_transformers}")
         self.loc_lr_multiplier = check_loc_lr_multiplier(loc_lr_multiplier)
-        self.stn = SpatialTransformer(input_shape, transform, localisation, output_size)
-        self.more_stns = nn.ModuleList(SpatialTransformer(input_shape, transform, localisation, output_size)
-                                       for _ in range(int(num_transformers) - 1))
+        self.stn = SpatialTransformer(input_shape, transform, localisation, output_size, output_pool)
+        self.more_stns = nn.ModuleList(
+            SpatialTransformer(input_shape, transform, localisation, output_size, output_pool)
+            for _ in range(int(num_transformers) - 1))
         self.transform = transform  # every STN model exposes its transform (metrics, pictures)
         self.num_steps, self.num_classes = num_steps, num_classes
         channels = input_shape[0] * int(num_transformers)
