@@ -6,6 +6,8 @@ backward, Adam step), timed after 3 warm-up steps; parameters from the built mod
 
     OMP_NUM_THREADS=1 STNBENCH_DATA_DIR=/path/to/data python scripts/bench_seed_hypothesis.py --steps 15
     python scripts/bench_seed_hypothesis.py --schedule paper --steps 8   # the full-size task (3 digits, 100x100)
+    OMP_NUM_THREADS=1 python scripts/bench_seed_hypothesis.py --experiment sonderby_multi_digit --schedule sonderby_cpu \
+        --models sonderby_rnn_spn --steps 20 model.glimpse_feedback=true   # Sønderby's task (issue 22)
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 MODELS = ("cnn", "st_cnn", "rnn_stn", "recurrent_stn", "recurrent_stn_no_feedback")
 
 
-def compose_cfg(model: str, schedule: str, batch_size: int | None, extra: list[str]):
-    overrides = ["experiment=seed_hypothesis", f"model={model}", f"schedule={schedule}", *extra]
+def compose_cfg(model: str, schedule: str, batch_size: int | None, extra: list[str],
+                experiment: str = "seed_hypothesis"):
+    overrides = [f"experiment={experiment}", f"model={model}", f"schedule={schedule}", *extra]
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
@@ -37,14 +40,17 @@ def compose_cfg(model: str, schedule: str, batch_size: int | None, extra: list[s
         del cfg["hydra"]
         cfg.data.root, cfg.data.cache_dir = cfg.paths.data_dir, tempfile.mkdtemp(prefix="bench_seed_")
         cfg.data.num_val = 1000
+        # each batch rendered on the fly: a fixed training set would first render all of it (minutes), and
+        # rendering a batch costs a little more than reading one, so the figures are an upper bound
+        cfg.data.train_mode, cfg.data.train_size = "fresh", None
         if batch_size:
             cfg.data.batch_size = batch_size
     return cfg
 
 
 def seconds_per_step(model_name: str, schedule: str, steps: int, batch_size: int | None,
-                     extra: list[str]) -> dict:
-    cfg = compose_cfg(model_name, schedule, batch_size, extra)
+                     extra: list[str], experiment: str = "seed_hypothesis") -> dict:
+    cfg = compose_cfg(model_name, schedule, batch_size, extra, experiment)
     datamodule = build_datamodule(cfg.data)
     pool, size = len(datamodule.pools["train"]), int(cfg.data.batch_size)
 
@@ -75,7 +81,8 @@ def seconds_per_step(model_name: str, schedule: str, steps: int, batch_size: int
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated model options")
-    parser.add_argument("--schedule", default="seed_hypothesis", help="seed_hypothesis (CPU size) or paper")
+    parser.add_argument("--experiment", default="seed_hypothesis", help="seed_hypothesis or sonderby_multi_digit")
+    parser.add_argument("--schedule", default="seed_hypothesis", help="seed_hypothesis (CPU size), paper, ...")
     parser.add_argument("--steps", type=int, default=15, help="timed steps per model (after 3 warm-up steps)")
     parser.add_argument("--batch-size", type=int, default=None, help="default: the schedule's")
     parser.add_argument("overrides", nargs="*", help="more Hydra overrides, e.g. model.glimpses_per_digit=2")
@@ -83,7 +90,7 @@ def main() -> None:
     print("| model | image | batch | parameters | s/step (mean) | s/step (min) |")
     print("| --- | --- | ---: | ---: | ---: | ---: |")
     for name in args.models.split(","):
-        row = seconds_per_step(name, args.schedule, args.steps, args.batch_size, args.overrides)
+        row = seconds_per_step(name, args.schedule, args.steps, args.batch_size, args.overrides, args.experiment)
         print(f"| {row['model']} | {row['image']} | {row['batch']} | {row['parameters']:,} | "
               f"{row['s/step']:.3f} | {row['min s/step']:.3f} |", flush=True)
 
