@@ -1,17 +1,18 @@
-"""How close does training get to this machine's peak, and what does the framework cost? For every model on
-its usual dataset, in one process:
+"""What does the framework cost per training step, and how close does training get to this machine's peak?
+For every model on its usual dataset, in one process:
 
-* img/s of a plain PyTorch loop (render the batch with the data module, forward, backward, Adam step),
-  the same loop in variants (``channels_last``, a fused Adam, both), and of ``stnbench-train``'s own loop
-  (Lightning, callbacks and logger as a run has them; start-up and validation excluded: timed from batch
-  start to batch start);
+* framework / plain: ``stnbench-train``'s own loop (Lightning, the LightningModule, callbacks and logger as a run
+  has them; start-up and validation excluded: timed from batch start to batch start) against a plain PyTorch
+  loop with the same settings (render the batch with the data module, forward, backward, Adam step;
+  channels_last and fused Adam as the run's config has them). The two are interleaved, one of each per round,
+  over ``--rounds`` rounds; the table gives the median img/s of each, the median of the per-round ratios and
+  their spread (min - max), because two single measurements on a 2-core machine can differ by 30 %;
 * MFLOP per image (forward + backward, torch's FlopCounterMode) and the share of a matmul peak measured
   in the same process (fp32 2048x2048 ``torch.mm``);
-* framework / plain: the price of Lightning, logging and callbacks per batch, against the plain loop with
-  the same settings (channels_last and fused Adam as the framework's config has them).
+* ``--variants``: the plain loop with channels_last, a fused Adam and both, against the plain loop.
 
     STNBENCH_DATA_DIR=/path/to/data python scripts/bench_train.py --threads 2
-    python scripts/bench_train.py --models st_cnn --steps 40        # one model
+    python scripts/bench_train.py --models st_cnn:rts,st_cnn:cluttered --rounds 9    # model:data pairs
 
 Run it on a quiet machine (``uptime``): the ratios are meaningful under load, absolute numbers are not.
 """
@@ -19,6 +20,7 @@ Run it on a quiet machine (``uptime``): the ratios are meaningful under load, ab
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -36,14 +38,15 @@ from stnbench.data.datamodule import derive_seed
 from stnbench.module import step_logits
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-# model option -> (data option, extra overrides): each model on the dataset it is usually run on
+# model:data -> extra overrides: each model on the dataset it is usually run on
 MODELS = {
-    "fcn": ("rts", []),
-    "cnn": ("rts", []),
-    "st_fcn": ("rts", []),
-    "st_cnn": ("rts", []),
-    "rnn_stn": ("multi_digit", ["schedule=seed_hypothesis"]),  # the CPU-sized task: 2 digits on 60x60
-    "recurrent_stn": ("multi_digit", ["schedule=seed_hypothesis"]),
+    "fcn:rts": [],
+    "cnn:rts": [],
+    "st_fcn:rts": [],
+    "st_cnn:rts": [],
+    "st_cnn:cluttered": [],
+    "rnn_stn:multi_digit": ["schedule=seed_hypothesis"],  # the CPU-sized task: 2 digits on 60x60
+    "recurrent_stn:multi_digit": ["schedule=seed_hypothesis"],
 }
 OVERRIDES: list[str] = []  # --overrides: applied to the framework loop's config (e.g. the "before" defaults)
 
@@ -70,8 +73,9 @@ def matmul_peak(seconds: float = 2.0, size: int = 2048) -> float:
     return 2 * size**3 * count / (time.perf_counter() - start) / 1e9
 
 
-def compose_cfg(model: str, batch_size: int, cache_dir: str):
-    data, extra = MODELS[model]
+def compose_cfg(pair: str, batch_size: int, cache_dir: str):
+    model, _, data = pair.partition(":")
+    extra = MODELS.get(pair, [])
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[f"data={data}", f"model={model}", *extra, *OVERRIDES],
                       return_hydra_config=True)
@@ -155,7 +159,8 @@ def framework_loop(cfg, steps: int) -> float:
         cfg.callbacks.model_summary = None
         cfg.trainer.accelerator = "gpu" if DEVICE.type == "cuda" else "cpu"
         cfg.trainer.precision = "bf16-mixed" if AUTOCAST is not None else "32-true"
-    callbacks = [*instantiate_group(cfg.callbacks, "callbacks"), SafeStops(None), DivergenceGuard(), callback]
+    callbacks = [*instantiate_group(cfg.callbacks, "callbacks"), SafeStops(None, cfg.paths.run_dir), DivergenceGuard(),
+                 callback]
     trainer = build_trainer(cfg.trainer, loggers=instantiate_group(cfg.logger, "logger"), callbacks=callbacks)
     trainer.fit(module, datamodule=datamodule)
     times = timer.starts[3:]  # the first batches warm up
@@ -170,8 +175,8 @@ def flops_per_image(model: torch.nn.Module, images: torch.Tensor, targets: torch
     return counter.get_total_flops() / len(images)
 
 
-def bench(model_name: str, batch_size: int, steps: int, cache_dir: str, peak: float, rounds: int) -> dict:
-    cfg = compose_cfg(model_name, batch_size, cache_dir)
+def bench(pair: str, batch_size: int, steps: int, cache_dir: str, peak: float, rounds: int, variants: bool) -> dict:
+    cfg = compose_cfg(pair, batch_size, cache_dir)
     datamodule = build_datamodule(cfg.data)
     pool = len(datamodule.pools["train"])
 
@@ -180,35 +185,44 @@ def bench(model_name: str, batch_size: int, steps: int, cache_dir: str, peak: fl
         index = torch.randint(pool, (batch_size,), generator=generator).to(DEVICE)  # rendered on DEVICE
         return datamodule.materialize({"split": "train", "seed": derive_seed("bench", number), "index": index})
 
+    def plain(**options) -> float:
+        torch.manual_seed(0)
+        return plain_loop(build_model(cfg.model, datamodule), batch, steps, **options)
+
     torch.manual_seed(0)
     flops = flops_per_image(build_model(cfg.model, datamodule).to(DEVICE), *batch(0))
-    row = {"model": model_name, "data": cfg.data.name, "MFLOP/img": flops / 1e6}
-    variants = {"plain": {}, "channels_last": {"channels_last": True}, "fused Adam": {"fused": True},
-                "both": {"channels_last": True, "fused": True}}
-    best = dict.fromkeys(variants, 0.0)
-    for _ in range(rounds):  # interleaved rounds, best of each: order and warm-up effects cancel out
-        for name, options in variants.items():
-            torch.manual_seed(0)
-            best[name] = max(best[name], plain_loop(build_model(cfg.model, datamodule), batch, steps, **options))
-    row["plain img/s"] = best["plain"]
-    row["channels_last / plain"] = best["channels_last"] / best["plain"]
-    row["fused Adam / plain"] = best["fused Adam"] / best["plain"]
-    row["both / plain"] = best["both"] / best["plain"]
-    row["framework img/s"] = max(framework_loop(cfg.copy(), steps) for _ in range(rounds))
-    # like with like: the plain loop with the framework's own settings
-    same = {(False, False): "plain", (True, False): "channels_last", (False, True): "fused Adam",
-            (True, True): "both"}[(bool(cfg.get("channels_last")), bool(cfg.optimizer.get("fused")))]
-    row["framework / plain"] = row["framework img/s"] / best[same]
+    row = {"model": pair.partition(":")[0], "data": cfg.data.name, "MFLOP/img": flops / 1e6}
+    # like with like: the plain loop with the framework's own settings, one of each per round
+    same = {"channels_last": bool(cfg.get("channels_last")), "fused": bool(cfg.optimizer.get("fused"))}
+    plains, frameworks = [], []
+    for _ in range(rounds):
+        plains.append(plain(**same))
+        frameworks.append(framework_loop(cfg.copy(), steps))
+    ratios = [f / p for f, p in zip(frameworks, plains, strict=True)]
+    row["plain img/s"], row["framework img/s"] = statistics.median(plains), statistics.median(frameworks)
+    row["framework / plain"] = statistics.median(ratios)
+    row["spread"] = f"{min(ratios):.2f}-{max(ratios):.2f}"
     row["% of peak"] = 100 * row["framework img/s"] * flops / (peak * 1e9)
+    if variants:
+        options = {"channels_last": {"channels_last": True}, "fused Adam": {"fused": True},
+                   "both": {"channels_last": True, "fused": True}}
+        runs: dict[str, list[float]] = {"plain": [], **{name: [] for name in options}}
+        for _ in range(rounds):  # interleaved: order and warm-up effects cancel out
+            runs["plain"].append(plain())
+            for name, option in options.items():
+                runs[name].append(plain(**option))
+        for name in options:
+            row[f"{name} / plain"] = statistics.median(runs[name]) / statistics.median(runs["plain"])
     return row
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated model options")
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated model:data pairs")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=30, help="timed steps per measurement")
-    parser.add_argument("--rounds", type=int, default=2, help="interleaved repetitions; the best of each counts")
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds of plain and framework (median)")
+    parser.add_argument("--variants", action="store_true", help="also time channels_last / fused Adam variants")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--overrides", nargs="*", default=[], help="config overrides for the framework loop, e.g. "
@@ -227,14 +241,15 @@ def main() -> None:
     peak = matmul_peak()
     where = torch.cuda.get_device_name() if DEVICE.type == "cuda" else f"{torch.get_num_threads()} CPU threads"
     print(f"torch {torch.__version__}, {where}, {args.precision}, fp32 matmul peak {peak:.1f} GFLOP/s, "
-          f"batch {args.batch_size}, {args.steps} timed steps, framework overrides: {' '.join(OVERRIDES) or 'none'}")
-    columns = ["model", "data", "MFLOP/img", "plain img/s", "channels_last / plain", "fused Adam / plain",
-               "both / plain", "framework img/s", "framework / plain", "% of peak"]
+          f"batch {args.batch_size}, {args.steps} timed steps x {args.rounds} rounds, framework overrides: "
+          f"{' '.join(OVERRIDES) or 'none'}")
+    columns = ["model", "data", "MFLOP/img", "plain img/s", "framework img/s", "framework / plain", "spread",
+               "% of peak"] + (["channels_last / plain", "fused Adam / plain", "both / plain"] if args.variants else [])
     print("| " + " | ".join(columns) + " |")
     print("|" + "---|" * len(columns))
     with tempfile.TemporaryDirectory() as cache_dir:
         for model in args.models.split(","):
-            row = bench(model, args.batch_size, args.steps, cache_dir, peak, args.rounds)
+            row = bench(model, args.batch_size, args.steps, cache_dir, peak, args.rounds, args.variants)
             cells = [f"{row[c]:.2f}" if isinstance(row[c], float) else str(row[c]) for c in columns]
             print("| " + " | ".join(cells) + " |", flush=True)
 
