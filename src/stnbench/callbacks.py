@@ -12,6 +12,7 @@ from types import FrameType
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.callbacks import EarlyStopping as LightningEarlyStopping
 
 from stnbench.config_checks import check_checkpoint_minutes, check_divergence
 from stnbench.errors import Diverged, RunInterrupted
@@ -27,7 +28,7 @@ class EpochSummary(L.Callback):
         self.start = time.perf_counter()
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or not hasattr(self, "start"):
+        if trainer.sanity_checking or not hasattr(self, "start") or replaying_epoch_end(trainer):
             return
         metrics = trainer.callback_metrics
         shown = ", ".join(f"{name}={float(metrics[name]):.4g}" for name in
@@ -35,6 +36,30 @@ class EpochSummary(L.Callback):
                           if name in metrics)
         log.info("epoch %d/%d step %d (%.0f s): %s", trainer.current_epoch + 1, trainer.max_epochs,
                  trainer.global_step, time.perf_counter() - self.start, shown)
+
+
+def replaying_epoch_end(trainer: L.Trainer) -> bool:
+    """A resume from a checkpoint saved at an epoch's end (ModelCheckpoint's ``last.ckpt``): Lightning runs that
+    epoch's end hooks again, with no metric logged in this process (the validation it replays has no batch)."""
+    return trainer.fit_loop.restarted_on_epoch_end
+
+
+class EarlyStopping(LightningEarlyStopping):
+    """Lightning's EarlyStopping, resumable from any ``last.ckpt``.
+
+    Resumed from a checkpoint saved at an epoch's end, Lightning replays the epoch's end with no metric, and its
+    strict check fails the resume ("Early stopping conditioned on metric ... which is not available",
+    Lightning-AI/pytorch-lightning#18595). That epoch was checked before the checkpoint was saved
+    (ModelCheckpoint runs after every other callback), so its state already counts it: the replay is skipped,
+    and every later check is Lightning's own. It stops exactly when Lightning's would (the same identity)."""
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not replaying_epoch_end(trainer):
+            super().on_train_epoch_end(trainer, pl_module)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not replaying_epoch_end(trainer):
+            super().on_validation_end(trainer, pl_module)
 
 
 class DivergenceGuard(L.Callback):

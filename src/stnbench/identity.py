@@ -48,6 +48,8 @@ OUTSIDE_IN = {
 # (any module path) or by full target.
 OBSERVING_CALLBACKS = frozenset({"LearningRateMonitor", "ModelSummary", "RichModelSummary", "RichProgressBar",
                                  "TQDMProgressBar", "DeviceStatsMonitor", "stnbench.callbacks.EpochSummary"})
+# Callback targets that compute exactly what another does (a subclass that only mends a resume): one identity.
+SAME_COMPUTATION = {"stnbench.callbacks.EarlyStopping": "lightning.pytorch.callbacks.EarlyStopping"}
 # ModelCheckpoint's keys that say where and how files are written; monitor, mode, save_top_k and the
 # checkpointing interval decide which weights are tested, so they stay in.
 CHECKPOINT_FILE_KEYS = frozenset({"dirpath", "filename", "save_last", "verbose", "auto_insert_metric_name",
@@ -97,7 +99,8 @@ def identity(config: Mapping) -> dict:
     callbacks = content.get("callbacks")
     if isinstance(callbacks, dict):
         content["callbacks"] = {
-            name: {k: v for k, v in entry.items() if not (_is_checkpoint(entry) and k in CHECKPOINT_FILE_KEYS)}
+            name: {k: SAME_COMPUTATION.get(v, v) if k == "_target_" else v for k, v in entry.items()
+                   if not (_is_checkpoint(entry) and k in CHECKPOINT_FILE_KEYS)}
             for name, entry in callbacks.items() if not observes(entry)}
     return content
 

@@ -19,6 +19,7 @@ from torchmetrics import MeanMetric, MinMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from stnbench import viz
+from stnbench.callbacks import replaying_epoch_end
 from stnbench.data.datamodule import derive_seed
 from stnbench.errors import CheckpointError
 from stnbench.models.output import ModelOutput
@@ -164,6 +165,8 @@ class STNBenchModule(L.LightningModule):
         torch.manual_seed(derive_seed(self.seed, "model", self.current_epoch))
 
     def on_train_epoch_end(self) -> None:
+        if replaying_epoch_end(self.trainer):
+            return  # a resume replays the end of the epoch its checkpoint closed: logged before, no batch since
         self._log_errors("train", self._is_sequence())
 
     def on_validation_epoch_end(self) -> None:
