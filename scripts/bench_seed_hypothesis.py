@@ -6,8 +6,8 @@ backward, Adam step), timed after 3 warm-up steps; parameters from the built mod
 
     OMP_NUM_THREADS=1 STNBENCH_DATA_DIR=/path/to/data python scripts/bench_seed_hypothesis.py --steps 15
     python scripts/bench_seed_hypothesis.py --schedule paper --steps 8   # the full-size task (3 digits, 100x100)
-    OMP_NUM_THREADS=1 python scripts/bench_seed_hypothesis.py --experiment sonderby_multi_digit --schedule sonderby_cpu \
-        --models sonderby_rnn_spn --steps 20 model.glimpse_feedback=true   # Sønderby's task (issue 22)
+    OMP_NUM_THREADS=1 python scripts/bench_seed_hypothesis.py --experiment sonderby_multi_digit \
+        --schedule sonderby_cpu --models sonderby_rnn_spn --steps 20 model.glimpse_feedback=true   # issue 22
 """
 
 from __future__ import annotations

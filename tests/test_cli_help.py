@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -29,8 +30,33 @@ def test_a_bad_override_in_help_is_one_line_naming_the_options(capsys):
     with pytest.raises(SystemExit) as exit_info:
         print_help("train", ["model=nope", "--help"])
     message = str(exit_info.value)
-    assert message.startswith("stnbench-train: error: ") and "\n" not in message
-    assert "model/nope" in message and "st_cnn" in message
+    assert message.startswith("stnbench-train: error: model=nope: model has no option nope") and "\n" not in message
+    assert "st_cnn" in message
+
+
+@pytest.mark.parametrize("command, groups", [
+    ("train", ["data", "model", "model/transform", "optimizer", "trainer", "experiment", "hparams_search",
+               "schedule", "hydra/launcher"]),
+    ("eval", ["data", "paths", "trainer"]),
+    ("gallery", ["data", "paths"]),
+    ("predict", []),
+])
+def test_help_lists_only_the_groups_the_commands_own_config_uses(command, groups):
+    text = help_text(command, [])
+    listed = [line.partition(":")[0] for line in text.split("== Configuration groups ==")[1].split("==")[0].splitlines()
+              if re.match(r"[\w/]+: ", line)]
+    assert listed == sorted(listed) and set(groups) <= set(listed)
+    if command != "train":
+        assert listed == groups
+
+
+def test_help_lists_the_commands_own_keys_with_their_comments():
+    keys = help_text("predict", []).split("== Keys of stnbench-predict ==")[1].split("==")[0]
+    assert [line.split()[0] for line in keys.strip().splitlines()] == ["ckpt_path", "input", "output", "glimpses",
+                                                                      "batch_size", "device"]
+    assert "required:" in keys and "has none: set its keys" in help_text("predict", [])
+    keys = help_text("eval", []).split("== Keys of stnbench-eval ==")[1].split("==")[0]
+    assert re.search(r"ckpt_path +required: the checkpoint to test", keys)
 
 
 def test_only_plain_help_is_answered_here():

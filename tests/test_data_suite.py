@@ -20,6 +20,7 @@ SUITE = ("projective", "elastic", "translated", "cluttered", "multi_digit", "add
 # Named settings of the same generators: checked here, not trained again in test_data_train.py.
 VARIANTS = ("cluttered_ram", "multi_digit_jittered")
 ALL_DATA = ("mnist", "rotated", "rts") + SUITE + VARIANTS
+ALL_DATA += ("multi_digit_scattered",)  # targets of variable length: tests/test_scattered.py
 
 
 def distortion_from_config(name: str, **overrides):

@@ -22,7 +22,7 @@ from stnbench.data.datamodule import quantize
 from stnbench.data.mnist import load_mnist
 
 # Smaller banks keep the test fast; the fingerprint is of exactly this configuration.
-OVERRIDES = {"multi_digit": {"bank_size": 500}}
+OVERRIDES = {"multi_digit": {"bank_size": 500}, "multi_digit_scattered": {"bank_size": 500}}
 # data option -> (generator version, fingerprint of 16 rendered images and their targets)
 FINGERPRINTS = {
     'addition': (1, '9c17b39ba985ac13'),
@@ -32,6 +32,7 @@ FINGERPRINTS = {
     'mnist': (1, 'a436c7e1c6106381'),
     'multi_digit': (1, 'b21523b527464ae1'),
     'multi_digit_jittered': (1, '492ff9db765c4f65'),
+    'multi_digit_scattered': (1, '2d5c5ff17e1a9424'),
     'projective': (1, '89232f63369b8bf4'),
     'rotated': (1, 'f9571aa484107d1a'),
     'rts': (1, '1051e8233d8346bb'),

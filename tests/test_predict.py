@@ -18,7 +18,7 @@ from stnbench import load_model
 from stnbench.data.mnist import load_mnist
 from stnbench.errors import ConfigError
 from stnbench.models.output import ModelOutput
-from stnbench.predict import read_inputs
+from stnbench.predict import glimpse_file_names, read_inputs
 from stnbench.train import train
 
 TINY = ["data=mnist", "logger=csv", "trainer.max_epochs=1", "trainer.limit_train_batches=60", "data.batch_size=64",
@@ -96,3 +96,26 @@ def test_predict_refuses_inputs_it_cannot_read_right(tmp_path):
         read_inputs(tmp_path / "bright.npy", (1, 28, 28))
     with pytest.raises(ConfigError, match="is not a .npy file"):
         read_inputs(tmp_path / "missing.txt", (1, 28, 28))
+
+
+def test_predict_an_npy_batch_writes_one_glimpse_picture_per_image(trained, digits, tmp_path):
+    images, _ = digits
+    np.save(tmp_path / "batch.npy", images[:8])
+    result = stnbench_predict(f"ckpt_path={trained}", f"input={tmp_path / 'batch.npy'}",
+                              f"glimpses={tmp_path / 'glimpses'}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    written = sorted(p.name for p in (tmp_path / "glimpses").iterdir())
+    assert written == [f"batch_{i}_glimpses.png" for i in range(8)], written  # not one file holding the last
+    pictures = [np.asarray(Image.open(tmp_path / "glimpses" / name)) for name in written]
+    assert len({picture.tobytes() for picture in pictures}) == 8, "each picture shows its own image"
+    assert "Wrote 8 glimpse pictures" in result.stdout + result.stderr
+
+
+def test_glimpse_pictures_never_share_a_name():
+    assert glimpse_file_names(["digit00.png", "digit01.png"]) == ["digit00_glimpses.png", "digit01_glimpses.png"]
+    batch = glimpse_file_names([f"big.npy[{i}]" for i in range(12)])
+    assert batch[0] == "big_00_glimpses.png" and batch[11] == "big_11_glimpses.png"  # they sort in batch order
+    clashing = ["a.png", "a.jpg", "A.png", "a_png.png", "x y.png"]
+    names = glimpse_file_names(clashing)
+    assert len({name.lower() for name in names}) == len(clashing), names  # also on case-insensitive disks
+    assert names[:2] == ["a_png_glimpses.png", "a_jpg_glimpses.png"] and names[4] == "x_y_glimpses.png"

@@ -292,7 +292,7 @@ def test_seed_hypothesis_sweep_is_the_five_models_on_one_wall_clock_budget(tmp_p
 def test_seed_hypothesis_runs_and_glimpse_pictures(tmp_path, cache_dir, mnist_root):
     """Two tiny real runs of the experiment (the full-recurrent STN with the every-glimpse loss, and the CNN),
     then one glimpse picture per model on the same test images."""
-    from stnbench.glimpses import reference_images, write_glimpse_pictures
+    from stnbench.glimpses import model_title, reference_batch, reference_images, write_glimpse_pictures
     from stnbench.train import train
 
     runs = {}
@@ -311,13 +311,15 @@ def test_seed_hypothesis_runs_and_glimpse_pictures(tmp_path, cache_dir, mnist_ro
     assert written["cnn"] is None and not (tmp_path / "report" / "cnn.png").exists()
     path = written["recurrent_stn"]
     assert path == tmp_path / "report" / "recurrent_stn.png"
-    images = reference_images(runs.values(), count=3, cache_dir=cache_dir)
+    images, labels = reference_batch(runs.values(), count=3, cache_dir=cache_dir)
     assert images.shape == (3, 1, 60, 60) and images.max() > 0.5
-    # the picture is viz.model_picture of the run's best checkpoint on those images: rows of the input with
-    # the glimpse outlines (a step colour is drawn) and the 4 glimpses, 3x upscaled
+    # the picture is viz.labelled_model_picture of the run's best checkpoint on those images: the run and its model
+    # on top, per image the input with the glimpse outlines (a step colour is drawn) and the 4 glimpses, 3x
+    # upscaled, under the image's label and the model's prediction
     from stnbench import load_model, viz
 
-    expected = viz.model_picture(load_model(runs["recurrent_stn"] / "checkpoints" / "best.ckpt"), images, upscale=3)
+    expected = viz.labelled_model_picture(load_model(runs["recurrent_stn"] / "checkpoints" / "best.ckpt"), images,
+                                          labels, upscale=3, title=model_title(runs["recurrent_stn"], "recurrent_stn"))
     picture = torch.tensor(list(Image.open(path).convert("RGB").getdata())).view(*Image.open(path).size[::-1], 3)
     assert picture.shape[:2] == expected.shape[1:] and picture.shape[0] > 3 * 180 and picture.shape[1] > 5 * 180
     torch.testing.assert_close(picture.permute(2, 0, 1).float(), (expected * 255).round(), atol=1, rtol=0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -87,7 +88,8 @@ def test_tensorboard_holds_scalars_hparams_and_the_transformer_grid(tmp_path, ca
     assert any(tag.startswith("lr-") for tag in scalars), scalars
     assert "val/transformer" in events.Tags()["images"]
     image = events.Images("val/transformer")[-1]
-    assert image.width > 2 * 42 and image.height >= 16 * 42, "16 rows of input | warped output"
+    # 16 inputs, each beside its glimpse (the grid's layout and captions: tests/test_tensorboard.py)
+    assert image.width > 2 * 42 and image.width * image.height >= 16 * 2 * 42 * 42, (image.width, image.height)
     hparams = [path for path in tmp_path.iterdir() if path.name.startswith("events")]
     assert hparams and b"hparams" in b"".join(path.read_bytes() for path in hparams)
 
@@ -127,3 +129,76 @@ def test_channels_last_puts_conv_weights_and_batches_in_nhwc(tmp_path, cache_dir
     module = build_module(cfg, build_datamodule(cfg.data))
     convs = [p for p in module.model.parameters() if p.dim() == 4]
     assert not all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+
+
+def test_eval_on_data_of_another_size_says_what_to_do_in_one_line(tmp_path, cache_dir):
+    train(compose_config(TINY + ["data=rotated", "model=cnn", "logger=csv", "trainer.max_epochs=1",
+                                 "trainer.limit_train_batches=2"], run_dir=tmp_path / "run", cache=cache_dir))
+    best = tmp_path / "run" / "checkpoints" / "best.ckpt"
+    cfg = compose_config([f"ckpt_path={best}", "data=rts"], config_name="eval", run_dir=tmp_path / "eval",
+                         cache=cache_dir)
+    with pytest.raises(CheckpointError) as error:
+        evaluate(cfg)
+    message = str(error.value)
+    assert "\n" not in message and "size mismatch" not in message
+    assert "trained on data=rotated (1x28x28 images, 10 classes)" in message
+    assert "data=rts gives 1x42x42 images" in message and "drop data=" in message
+    assert "data=elastic, mnist, projective" in message  # the shipped data it can be tested on instead
+
+
+def test_results_json_times_the_whole_run_and_names_its_optuna_trial(tmp_path, cache_dir, monkeypatch):
+    import time
+
+    from stnbench import build
+
+    building = build.build_datamodule
+
+    def slow_to_build(data_cfg):  # stands in for MNIST loading and the fixed val/test sets of a big benchmark
+        time.sleep(2.0)
+        return building(data_cfg)
+
+    monkeypatch.setattr(build, "build_datamodule", slow_to_build)
+    monkeypatch.setenv("STNBENCH_OPTUNA_TRIAL", "7")
+    results = train(compose_config(TINY + ["data=rotated", "model=cnn", "logger=csv", "trainer.max_epochs=1",
+                                           "trainer.limit_train_batches=2"], run_dir=tmp_path, cache=cache_dir))
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["wall_seconds"] == results["wall_seconds"]
+    assert saved["wall_seconds"] >= saved["fit_seconds"] + 2.0, saved  # data building counts: this command's time
+    assert saved["optuna_trial"] == 7
+    assert saved["config_hash"] != saved["configuration_hash"]  # with / without the seed
+
+
+class FakeMNIST:
+    """torchvision's MNIST as a download sees it: the raw folder first, then the files (or a network error)."""
+
+    online = False
+
+    def __init__(self, root, train=True, download=False):
+        from stnbench.data.mnist import RAW_FILES
+
+        raw = Path(root) / "MNIST" / "raw"
+        raw.mkdir(parents=True, exist_ok=True)  # what torchvision does before it tries the mirrors
+        if not FakeMNIST.online:
+            raise RuntimeError("Error downloading train-images-idx3-ubyte.gz: <urlopen error no network>")
+        for name, size in RAW_FILES.items():
+            with open(raw / name, "wb") as handle:
+                handle.truncate(size)
+
+
+def test_the_data_root_gets_nothing_unless_a_download_brings_the_files(tmp_path, monkeypatch):
+    from stnbench.data.mnist import RAW_FILES, MNISTNotFoundError, ensure_mnist
+
+    monkeypatch.setattr("stnbench.data.mnist.MNIST", FakeMNIST)
+    for root in (tmp_path / "absent", tmp_path / "empty"):
+        if root.name == "empty":
+            root.mkdir()
+        with pytest.raises(MNISTNotFoundError, match="download failed"):
+            ensure_mnist(root, download=True)
+        assert not (root / "MNIST").exists() and (root.exists() == (root.name == "empty"))
+    FakeMNIST.online = True
+    try:
+        assert ensure_mnist(tmp_path / "absent", download=True) == tmp_path / "absent"
+    finally:
+        FakeMNIST.online = False
+    raw = tmp_path / "absent" / "MNIST" / "raw"
+    assert sorted(p.name for p in raw.iterdir()) == sorted(RAW_FILES)

@@ -13,6 +13,7 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import EarlyStopping as LightningEarlyStopping
+from lightning.pytorch.callbacks import TQDMProgressBar
 
 from stnbench.config_checks import check_checkpoint_minutes, check_divergence
 from stnbench.errors import Diverged, RunInterrupted
@@ -21,8 +22,23 @@ from stnbench.records import last_checkpoint
 log = logging.getLogger("stnbench")
 
 
+def epoch_text(epoch: int, max_epochs: int | None) -> str:
+    """``1/8`` for Lightning's epoch index 0 of 8: epochs counted from 1 (just ``1`` when steps bound training)."""
+    return f"{epoch + 1}/{max_epochs}" if max_epochs and max_epochs > 0 else f"{epoch + 1}"
+
+
 class EpochSummary(L.Callback):
-    """One log line per epoch (train.log and non-interactive terminals show no progress bar)."""
+    """One log line per epoch (train.log and non-interactive terminals show no progress bar), and a first line
+    with the model's size. Epochs count from 1, as in :class:`EpochProgressBar`."""
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        model = getattr(pl_module, "model", pl_module)
+        total = sum(p.numel() for p in model.parameters())
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        log.info("model %s: %s parameters%s", type(model).__name__, f"{total:,}",
+                 "" if trainable == total else f" ({trainable:,} trainable)")
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.start = time.perf_counter()
@@ -32,10 +48,19 @@ class EpochSummary(L.Callback):
             return
         metrics = trainer.callback_metrics
         shown = ", ".join(f"{name}={float(metrics[name]):.4g}" for name in
-                          ("train/loss_epoch", "val/loss", "val/err", "val/digit_err", "val/err_best")
+                          ("train/loss_epoch", "val/loss", "val/err", "val/digit_err", "val/count_err", "val/err_best")
                           if name in metrics)
-        log.info("epoch %d/%d step %d (%.0f s): %s", trainer.current_epoch + 1, trainer.max_epochs,
+        log.info("epoch %s step %d (%.0f s): %s", epoch_text(trainer.current_epoch, trainer.max_epochs),
                  trainer.global_step, time.perf_counter() - self.start, shown)
+
+
+class EpochProgressBar(TQDMProgressBar):
+    """Lightning's tqdm bar with epochs counted from 1, as in :class:`EpochSummary`'s lines (Lightning's own bars
+    count from 0, so a 1-epoch run would show ``Epoch 0/0`` above ``epoch 1/1``)."""
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        self.train_progress_bar.set_description(f"Epoch {epoch_text(trainer.current_epoch, trainer.max_epochs)}")
 
 
 def replaying_epoch_end(trainer: L.Trainer) -> bool:

@@ -5,7 +5,10 @@ of that target's constructor (``DistortedMNIST``, a distortion, a model and its 
 the scheduler, Lightning's ``Trainer``), so a user's own plug-in with annotated arguments is checked
 too. Only hints a config value can satisfy are enforced (numbers, strings, booleans, ``None``,
 ``Literal``, lists/tuples of those, unions of them); an argument typed as some other class accepts a
-nested config and nothing else. The impossible-value rules that types cannot express are at the bottom.
+nested config and nothing else. The hints are read from the targets' source files wherever the source
+settles them, so that a type error, like every other config error, comes without importing torch or Lightning.
+The impossible-value rules that types cannot express are at the bottom; ``check_devices`` (the
+entry points call it) refuses a GPU trainer on a machine without one.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import math
+import sys
 import types
 import typing
 from collections.abc import Callable, Sequence
@@ -23,6 +27,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
 from stnbench.errors import ConfigError
+from stnbench.source_hints import clear_cache, source_hints
 
 # Config sections whose ``_target_`` decides what a run computes; loggers and callbacks only observe it.
 CHECKED_SECTIONS = ("data", "model", "optimizer", "scheduler", "trainer")
@@ -33,13 +38,15 @@ _ANY = object()  # "cannot check this hint": the value is accepted
 def check_config(cfg: DictConfig) -> None:
     """Raise ``ConfigError`` naming the key, the value and what was expected, for the first bad value.
 
-    Cheap rules first (they need no import); the type hints of the targets come last, since reading them
-    imports the targets' modules (torch, Lightning: seconds)."""
+    Cheap rules first; the type hints of the targets come last, since a target whose hints its source file
+    cannot settle is imported to read them (torch, Lightning: seconds)."""
     try:
         _check_config(cfg)
     except InterpolationResolutionError as error:  # e.g. a resolver's ConfigError: its own line, and the key
         message = error.msg.splitlines()[0].removeprefix("ConfigError raised while resolving interpolation: ")
         raise ConfigError(f"{error.full_key}: {message}") from None
+    finally:
+        clear_cache()  # the parsed source files (megabytes for torch's): not kept for the whole run
 
 
 def _check_config(cfg: DictConfig) -> None:
@@ -76,10 +83,15 @@ def _check_node(path: str, node: DictConfig) -> None:
 
 def _constructor_hints(target: str | None) -> dict[str, Any]:
     """Type hints of the target's constructor; empty when the target cannot be imported or inspected
-    (a missing target is reported by instantiation with its own clear message)."""
+    (a missing target is reported by instantiation with its own clear message). Read from the source when
+    the target's module is not imported yet and its source settles every hint (see ``source_hints``)."""
     if not isinstance(target, str) or "." not in target:
         return {}
     module_name, _, name = target.rpartition(".")
+    if module_name not in sys.modules:
+        hints = source_hints(target)
+        if hints is not None:
+            return hints
     try:
         obj = getattr(importlib.import_module(module_name), name)
     except (ImportError, AttributeError):
@@ -160,8 +172,10 @@ def _match(value: Any, hint: Any) -> Any:
 def _describe(hint: Any) -> str:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is typing.Union or origin is types.UnionType:
-        shown = [_describe(a) for a in args if _match_possible(a)]
-        return " or ".join(dict.fromkeys(shown))
+        # typing caches unions up to order (float | int may come back as int | float): name them sorted,
+        # null last, so a message is the same whichever order the annotation was first written in
+        shown = sorted(dict.fromkeys(_describe(a) for a in args if _match_possible(a)), key=lambda d: (d == "null", d))
+        return " or ".join(shown)
     if origin is typing.Literal:
         return "one of " + ", ".join(repr(a) for a in args)
     if hint is type(None) or hint is None:
@@ -263,3 +277,34 @@ def _check_checkpoint_folder(cfg: DictConfig) -> None:
     if "filename" in entry and f"{entry.filename}.ckpt" != BEST:
         raise ConfigError(f"callbacks.model_checkpoint.filename={entry.filename} must be '{Path(BEST).stem}': "
                           f"the report and stnbench-eval look for {BEST}; drop the override")
+
+
+# ---- devices ------------------------------------------------------------------------------------------------
+GPU_ACCELERATORS = ("gpu", "cuda")
+
+
+def check_devices(trainer: Any) -> None:
+    """``trainer.accelerator=gpu`` needs a CUDA GPU this process can see, and ``trainer.devices`` no more of
+    them than there are (Lightning's own refusal is a traceback from inside instantiation). torch is imported
+    only for a GPU accelerator, so every other config error stays fast. Not part of ``check_config``: a config
+    for a GPU is a good config on a machine without one (the entry points call this for runs made here)."""
+    if not isinstance(trainer, DictConfig | dict):
+        return
+    accelerator = trainer.get("accelerator")
+    if not isinstance(accelerator, str) or accelerator.lower() not in GPU_ACCELERATORS:
+        return
+    import torch
+
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if visible == 0:
+        raise ConfigError(f"trainer.accelerator={accelerator} but no CUDA GPU is visible; use trainer=cpu")
+    devices = trainer.get("devices")
+    if isinstance(devices, ListConfig | list):
+        wanted = [d for d in devices if isinstance(d, int) and not isinstance(d, bool)]
+        missing = [d for d in wanted if d >= visible]
+        if missing:
+            raise ConfigError(f"trainer.devices={_show(list(devices))} names GPU {missing[0]}, but only {visible} "
+                              f"CUDA GPU{'s are' if visible > 1 else ' is'} visible (0-{visible - 1})")
+    elif isinstance(devices, int) and not isinstance(devices, bool) and devices > visible:
+        raise ConfigError(f"trainer.devices={devices} but only {visible} CUDA GPU{'s are' if visible > 1 else ' is'} "
+                          f"visible; use trainer.devices={visible}")

@@ -21,10 +21,13 @@ from stnbench.data.distortions import ConfigError  # noqa: E402
 log = logging.getLogger("stnbench")
 
 
-def label_text(target: torch.Tensor, num_classes: int) -> str:
-    """Sequences read left to right ("3 1 4"); sums (addition) as "sum 7"; digits as themselves."""
+def label_text(target: torch.Tensor, num_classes: int, end_class: int | None = None) -> str:
+    """Sequences read left to right ("3 1 4"; of variable length: the digits before the end class); sums
+    (addition) as "sum 7"; digits as themselves."""
     if target.dim() > 0:
-        return " ".join(str(int(value)) for value in target)
+        from stnbench.metrics import read
+
+        return " ".join(str(value) for value in read(target, end_class))
     return f"sum {int(target)}" if num_classes > 10 else str(int(target))
 
 
@@ -38,7 +41,7 @@ def side_by_side(images: torch.Tensor) -> torch.Tensor:
 
 
 def draw_gallery(images: torch.Tensor, targets: torch.Tensor, num_classes: int, title: str,
-                 path: Path) -> Path:
+                 path: Path, end_class: int | None = None) -> Path:
     """Write a grid of ``images`` [B, C, H, W] in [0, 1] with their labels as titles to ``path``."""
     pictures = side_by_side(images.cpu())
     columns = min(8, len(pictures))
@@ -49,7 +52,7 @@ def draw_gallery(images: torch.Tensor, targets: torch.Tensor, num_classes: int, 
         axis.axis("off")
         if number < len(pictures):
             axis.imshow(pictures[number].numpy(), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
-            axis.set_title(label_text(targets[number], num_classes), fontsize=9)
+            axis.set_title(label_text(targets[number], num_classes, end_class), fontsize=9)
     figure.suptitle(title, fontsize=10)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -67,7 +70,7 @@ def gallery(cfg: DictConfig) -> Path:
     shape = "x".join(map(str, datamodule.image_shape))
     title = f"{datamodule.name}: {shape} images, fixed validation set (seed {cfg.seed})"
     path = draw_gallery(images, targets, distortion.num_classes, title,
-                        Path(cfg.paths.run_dir) / f"{datamodule.name}.png")
+                        Path(cfg.paths.run_dir) / f"{datamodule.name}.png", distortion.end_class)
     log.info("Gallery written to %s", path)
     return path
 

@@ -2,11 +2,11 @@
 
 ``write_glimpse_pictures(run_dirs, out_dir)`` loads every run's ``checkpoints/best.ckpt`` and draws, for one
 fixed set of test images, each glimpse's outline on the input in step order (colour = step; later steps
-on top) beside the glimpses themselves: ``viz.model_picture``, the picture TensorBoard shows per
-validation epoch. The images are the fixed test set of the first run's data (its seed unless ``seed`` is
-given), so every model is shown the same images; runs whose test images differ
-(``stnbench.identity.test_images``) are refused. Pictures only read MNIST: they never download it, and
-never render a run's fixed training set.
+on top) beside the glimpses themselves, under the image's true label and the model's prediction, with the
+run's name and model on top: ``viz.labelled_model_picture``, the picture TensorBoard shows per validation
+epoch. The images are the fixed test set of the first run's data (its seed unless ``seed`` is given), so
+every model is shown the same images; runs whose test images differ (``stnbench.identity.test_images``) are
+refused. Pictures only read MNIST: they never download it, and never render a run's fixed training set.
 """
 
 from __future__ import annotations
@@ -47,6 +47,13 @@ def reference_images(run_dirs: Iterable[str | Path], count: int = 8, seed: int |
 
     ``data_root`` / ``cache_dir`` default to STNBENCH_DATA_DIR / STNBENCH_CACHE_DIR, else the ones the first
     run used."""
+    return reference_batch(run_dirs, count, seed, data_root, cache_dir)[0]
+
+
+def reference_batch(run_dirs: Iterable[str | Path], count: int = 8, seed: int | None = None,
+                    data_root: str | Path | None = None,
+                    cache_dir: str | Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``reference_images`` and their labels ([N], or [N, T] for digit sequences)."""
     runs = [Path(run) for run in run_dirs]
     if not runs:
         raise ConfigError("no run folders given: pass the folders of finished runs")
@@ -72,26 +79,47 @@ def reference_images(run_dirs: Iterable[str | Path], count: int = 8, seed: int |
         data["seed"] = int(seed)
     # Only the test set is needed: read MNIST where it is, and leave the training set unrendered.
     data.update({"download": False, "train_mode": "fresh", "train_size": None})
-    images, _ = build_datamodule(data).preview("test", count)
-    return images
+    return build_datamodule(data).preview("test", count)
+
+
+def end_class_of(run: Path) -> int | None:
+    """The end class of a run's data (sequences of variable length), from its config, without building the data."""
+    from hydra.utils import get_class
+
+    try:
+        target = run_config(run)["data"]["distortion"]["_target_"]
+        return getattr(get_class(target), "end_class", None)
+    except (CheckpointError, KeyError, TypeError, ImportError, ValueError):
+        return None
+
+
+def model_title(run: Path, name: str) -> str:
+    """The picture's title: the run (its name in the report) and its model, from its results.json."""
+    results = read_results(run) or {}
+    model, transform = results.get("choice/model"), results.get("choice/transform")
+    label = f"{model}-{transform}" if model and transform else model
+    return f"{name} (model {label})" if label else name
 
 
 def write_glimpse_pictures(run_dirs: Iterable[str | Path], out_dir: str | Path, count: int = 8,
                            images: torch.Tensor | None = None, upscale: int = 3,
-                           names: Mapping[Path, str] | None = None, **image_options) -> dict[str, Path | None]:
+                           names: Mapping[Path, str] | None = None, targets: torch.Tensor | None = None,
+                           **image_options) -> dict[str, Path | None]:
     """One PNG per run, ``<out_dir>/<name>.png`` (``names``: run folder -> file name, default the folder's
-    name): a row per image, the input with each glimpse's outline in step order, then the glimpses. Returns
-    {name: PNG path, or None for a model without a spatial transformer (nothing to draw)}. ``images`` default
-    to ``reference_images`` (``image_options``: seed, data_root, cache_dir)."""
+    name): the run's name and model on top, then per image the input with each glimpse's outline in step
+    order and the glimpses, under the true label and the model's prediction. Returns {name: PNG path, or None
+    for a model without a spatial transformer (nothing to draw)}. ``images`` (and their labels ``targets``)
+    default to ``reference_batch`` (``image_options``: seed, data_root, cache_dir)."""
     runs = [Path(run) for run in run_dirs]
     if images is None:
-        images = reference_images(runs, count, **image_options)
+        images, targets = reference_batch(runs, count, **image_options)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path | None] = {}
     for run in runs:
         name = (names or {}).get(run, run.name)
-        grid = viz.model_picture(load_model(best_checkpoint(run)), images, "cpu", upscale=upscale)
+        grid = viz.labelled_model_picture(load_model(best_checkpoint(run)), images, targets, "cpu", upscale=upscale,
+                                          title=model_title(run, name), end_class=end_class_of(run))
         if grid is None:
             written[name] = None
             continue

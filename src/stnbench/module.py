@@ -2,11 +2,14 @@
 
 It works for every model because every model returns ``ModelOutput`` (logits per step). Single-label
 data is scored on the last step; sequence data (targets [B, T]) on every step, with a sequence counted
-right only when all its digits are.
+right only when all its digits are; sequences of variable length (data with an end class) on their first T
+steps, and a model that can (``variable_steps``) runs as many steps as each batch's targets have: more at
+test than in training when the test images hold more digits. What counts as right: ``stnbench.metrics``.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 
@@ -20,28 +23,33 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from stnbench import viz
 from stnbench.callbacks import replaying_epoch_end
-from stnbench.data.datamodule import derive_seed
+from stnbench.data.datamodule import TRAIN_COUNTS_TEST, derive_seed
+from stnbench.data.distortions import PAD
 from stnbench.errors import CheckpointError
+from stnbench.metrics import score
+from stnbench.models.contract import run_model
 from stnbench.models.output import ModelOutput
 from stnbench.records import CONFIG_KEY
 
-SPLITS = ("train", "val", "test")
+log = logging.getLogger("stnbench")
+SPLITS = ("train", "val", "test", TRAIN_COUNTS_TEST)  # the last: the test digits at the training counts
 WORLD_SIZE_KEY = "stnbench_world_size"  # ranks that trained the checkpoint, each drawing a full batch
 
 
-def step_logits(output: ModelOutput, targets: torch.Tensor) -> torch.Tensor:
-    """Logits aligned with ``targets``: [B, C] for single labels, [B, T, C] for sequences."""
+def step_logits(output: ModelOutput, targets: torch.Tensor, end_class: int | None = None) -> torch.Tensor:
+    """Logits aligned with ``targets``: [B, C] for single labels, [B, T, C] for sequences: the last T steps, or
+    with an end class (sequences of variable length, read from the first step on) the first T."""
     if targets.dim() == 1:
         return output.logits[:, -1]
     steps = targets.shape[1]
     if output.logits.shape[1] < steps:
         raise ValueError(f"model emits {output.logits.shape[1]} predictions per image but the data has "
                          f"{steps} digits; set the model's num_steps to at least {steps}")
-    return output.logits[:, -steps:]
+    return output.logits[:, :steps] if end_class is not None else output.logits[:, -steps:]
 
 
 def classification_loss(output: ModelOutput, targets: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of the step logits; for a model that predicts from every glimpse
+    """Cross-entropy of the step logits (``PAD`` targets are ignored); for a model that predicts from every glimpse
     (``output.glimpse_logits``), the mean over every glimpse, each scored against its digit's label, so
     intermediate glimpses learn too."""
     if output.glimpse_logits is None or output.glimpse_digit is None:
@@ -78,8 +86,10 @@ class STNBenchModule(L.LightningModule):
         self.seed, self.preview_count = seed, preview_count
         self.metrics = nn.ModuleDict({
             f"{split}_metrics": nn.ModuleDict({
-                "digit_acc": MulticlassAccuracy(num_classes=num_classes, average="micro"),
+                # digits only: PAD marks the steps that hold none (the end class and after it)
+                "digit_acc": MulticlassAccuracy(num_classes=num_classes, average="micro", ignore_index=PAD),
                 "seq_err": MeanMetric(),
+                "count_err": MeanMetric(),  # data with an end class only
             }) for split in SPLITS
         })
         self.val_err_best = MinMetric()
@@ -106,17 +116,20 @@ class STNBenchModule(L.LightningModule):
         images, targets = batch
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        output = self.model(images)
-        logits = step_logits(output, targets)
+        # a model that can runs as many steps as the targets have (more at test than in training, say)
+        output = run_model(self.model, images, targets.shape[1] if targets.dim() == 2 else None)
+        end_class = self._end_class()
+        logits = step_logits(output, targets, end_class)
         loss = classification_loss(output, targets, logits)
-        wrong = logits.argmax(-1) != targets
-        sequence_wrong = wrong.view(len(targets), -1).any(1).float()
+        scores = score(logits.detach(), targets, end_class)
         metrics = self.metrics[f"{split}_metrics"]
-        metrics["digit_acc"].update(logits.reshape(-1, logits.shape[-1]).detach(), targets.reshape(-1))
-        metrics["seq_err"].update(sequence_wrong)
+        metrics["digit_acc"].update(logits.reshape(-1, logits.shape[-1]).detach(), scores.digit_targets.reshape(-1))
+        metrics["seq_err"].update(scores.sequence_wrong)
+        if scores.count_wrong is not None:
+            metrics["count_err"].update(scores.count_wrong)
         on_step = split == "train"
         self.log(f"{split}/loss", loss.detach(), on_step=on_step, on_epoch=True, prog_bar=on_step,
-                 batch_size=len(targets))
+                 batch_size=len(targets), add_dataloader_idx=False)  # two test sets: each split names its own
         if output.thetas is not None and split == "train" and self._logged_step():
             self._log_transform_stats(output)
         return loss
@@ -141,13 +154,20 @@ class STNBenchModule(L.LightningModule):
         self.log(f"{split}/err", seq_err, prog_bar=split != "train", sync_dist=False)
         if sequence:
             self.log(f"{split}/digit_err", digit_err)
-        metrics["digit_acc"].reset()
-        metrics["seq_err"].reset()
+        if self._end_class() is not None:
+            self.log(f"{split}/count_err", 100.0 * metrics["count_err"].compute())
+        for metric in metrics.values():
+            metric.reset()
         return float(seq_err)
 
     def _is_sequence(self) -> bool:
         datamodule = getattr(self.trainer, "datamodule", None)
         return bool(datamodule is not None and getattr(datamodule.distortion, "sequence_length", None))
+
+    def _end_class(self) -> int | None:
+        """The data's end class (sequences of variable length), or None; the data decides, as for ``_is_sequence``."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        return getattr(getattr(datamodule, "distortion", None), "end_class", None)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")
@@ -155,8 +175,42 @@ class STNBenchModule(L.LightningModule):
     def validation_step(self, batch, batch_idx: int) -> None:
         self._step(batch, "val")
 
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._step(batch, "test")
+    def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._step(batch, self._test_splits()[dataloader_idx])
+
+    def _test_splits(self) -> tuple[str, ...]:
+        """The data's test sets in loader order: ("test",), and the training counts' where those differ."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        return tuple(getattr(datamodule, "test_splits", ("test",)))
+
+    # ---- fit hooks: what TensorBoard shows -----------------------------------------------------------
+    def on_fit_start(self) -> None:
+        from stnbench.tensorboard import fit_steps
+
+        fit_steps(self.loggers, True)  # points at the steps done, as results.json and the pictures say
+
+    def on_fit_end(self) -> None:
+        from stnbench.tensorboard import fit_steps
+
+        fit_steps(self.loggers, False)
+
+    def on_train_start(self) -> None:
+        self._log_short_epochs()
+
+    def _log_short_epochs(self) -> None:
+        """On-step series (``train/loss_step``, ``lr-*``, ``train/stn_scale_*``) reach the logger every
+        ``trainer.log_every_n_steps`` optimiser steps; an epoch shorter than that would log none of them, so
+        such runs log them once per epoch instead, at its last step."""
+        trainer = self._trainer
+        every, batches = getattr(trainer, "log_every_n_steps", 0), getattr(trainer, "num_training_batches", 0)
+        if not every or not batches or not math.isfinite(batches):
+            return
+        steps = math.ceil(batches / max(1, int(getattr(trainer, "accumulate_grad_batches", 1) or 1)))
+        if 0 < steps < every:
+            trainer.log_every_n_steps = steps
+            log.info("An epoch has %d optimiser steps, fewer than trainer.log_every_n_steps=%d: on-step series "
+                     "(train/loss_step, lr-*, train/stn_scale_*) are logged once per epoch, at its last step",
+                     steps, every)
 
     # ---- epoch hooks ----------------------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:
@@ -179,17 +233,19 @@ class STNBenchModule(L.LightningModule):
         self._log_images()
 
     def on_test_epoch_end(self) -> None:
-        self._log_errors("test", self._is_sequence())
+        for split in self._test_splits():
+            self._log_errors(split, self._is_sequence())
 
     def _log_images(self) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
         writer = getattr(self.logger, "experiment", None) if self.logger is not None else None
         if datamodule is None or not hasattr(writer, "add_image"):
             return
-        images, _ = datamodule.preview("val", self.preview_count)
-        picture = viz.model_picture(self.model, images, self.device)
+        images, labels = datamodule.preview("val", self.preview_count)
+        # a grid of the fixed validation images: input with glimpse outlines, glimpses, label and prediction
+        picture = viz.labelled_model_picture(self.model, images, labels, self.device, end_class=self._end_class())
         if picture is not None:
-            writer.add_image("val/transformer", picture, self.global_step)
+            writer.add_image("val/transformer", picture, self.global_step)  # the steps done, like the scalars
 
     # ---- optimisation ---------------------------------------------------------------------------------
     def configure_optimizers(self):

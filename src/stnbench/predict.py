@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import csv
 import logging
+import re
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +40,8 @@ class LoadedModel:
     config: dict
     input_shape: tuple[int, int, int]
     num_classes: int
-    sequence_length: int | None  # digits per image for sequence data, else None
+    sequence_length: int | None  # digits per image for sequence data (+ the end step), else None
+    end_class: int | None = None  # the class that ends a sequence of variable length, else None
 
 
 def load(ckpt_path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
@@ -60,7 +63,7 @@ def load(ckpt_path: str | Path, device: str | torch.device = "cpu") -> LoadedMod
     except RuntimeError as error:
         raise ConfigError(f"checkpoint '{ckpt_path}' weights do not fit its own model config: {error}") from None
     model.to(device).eval()
-    return LoadedModel(model, config, input_shape, distortion.num_classes, sequence_length)
+    return LoadedModel(model, config, input_shape, distortion.num_classes, sequence_length, distortion.end_class)
 
 
 def load_model(ckpt_path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
@@ -71,11 +74,14 @@ def load_model(ckpt_path: str | Path, device: str | torch.device = "cpu") -> nn.
     return load(ckpt_path, device).model
 
 
-def labels_from_logits(logits: torch.Tensor, sequence_length: int | None) -> list[str]:
-    """Predicted label per image: the last step's class, or the digit string of a sequence model."""
+def labels_from_logits(logits: torch.Tensor, sequence_length: int | None, end_class: int | None = None) -> list[str]:
+    """Predicted label per image: the last step's class, or the digit string of a sequence model (with an end
+    class: the first ``sequence_length`` steps, read up to the first end class)."""
+    from stnbench.metrics import read
+
     if sequence_length:
-        digits = logits[:, -sequence_length:].argmax(-1)
-        return ["".join(str(int(d)) for d in row) for row in digits]
+        steps = logits[:, :sequence_length] if end_class is not None else logits[:, -sequence_length:]
+        return ["".join(str(d) for d in read(row, end_class)) for row in steps.argmax(-1)]
     return [str(int(c)) for c in logits[:, -1].argmax(-1)]
 
 
@@ -145,24 +151,58 @@ def predict(loaded: LoadedModel, images: torch.Tensor, batch_size: int = 256) ->
     for start in range(0, len(images), batch_size):
         output = loaded.model(images[start:start + batch_size].to(device))
         steps = loaded.sequence_length or 1
-        probs = output.logits[:, -steps:].softmax(-1)
-        labels += labels_from_logits(output.logits, loaded.sequence_length)
-        confidences.append(probs.max(-1).values.prod(-1).cpu())  # a sequence is right only if all digits are
+        read_steps = output.logits[:, :steps] if loaded.end_class is not None else output.logits[:, -steps:]
+        chance, chosen = read_steps.softmax(-1).max(-1)
+        labels += labels_from_logits(output.logits, loaded.sequence_length, loaded.end_class)
+        if loaded.end_class is not None:  # the steps a model's answer is read from: up to its first end class
+            from stnbench.metrics import first_end
+
+            said = torch.arange(chance.shape[1], device=device) <= first_end(chosen, loaded.end_class)[:, None]
+            chance = torch.where(said, chance, torch.ones_like(chance))
+        confidences.append(chance.prod(-1).cpu())  # a sequence is right only if all digits are
         if output.glimpses is not None:
             glimpses.append(output.glimpses.cpu())
     return labels, torch.cat(confidences), (torch.cat(glimpses) if glimpses else None)
 
 
+def glimpse_file_names(names: list[str]) -> list[str]:
+    """A distinct ``<name>_glimpses.png`` per input: ``digit07.png`` -> ``digit07_glimpses.png``, the i-th image
+    of ``batch.npy`` -> ``batch_<i>_glimpses.png`` (i zero-padded, so the files sort in batch order). Inputs
+    whose stems clash (``a.png`` and ``a.jpg``) keep their suffix (``a_png``, ``a_jpg``); any clash left over
+    (names differing only in case, for case-insensitive file systems) gets ``-2``, ``-3``, ..."""
+    width = len(str(max(len(names) - 1, 0)))
+
+    def stem(name: str) -> str:
+        item = re.fullmatch(r"(.*)\[(\d+)\]", name)  # the i-th image of an array file: "batch.npy[3]"
+        base = f"{Path(item[1]).stem}_{int(item[2]):0{width}d}" if item else Path(name).stem
+        return re.sub(r"[^\w.-]", "_", base) or "image"
+
+    stems = [stem(name) for name in names]
+    counts = Counter(s.lower() for s in stems)
+    stems = [re.sub(r"[^\w-]", "_", name) if counts[s.lower()] > 1 else s for s, name in zip(stems, names, strict=True)]
+    taken: set[str] = set()
+    files = []
+    for base in stems:
+        candidate, number = base, 1
+        while candidate.lower() in taken:
+            number += 1
+            candidate = f"{base}-{number}"
+        taken.add(candidate.lower())
+        files.append(f"{candidate}_glimpses.png")
+    return files
+
+
 def save_glimpses(folder: Path, names: list[str], inputs: torch.Tensor, glimpses: torch.Tensor) -> list[Path]:
-    """One PNG per image: the input, then each glimpse the transformer sampled, upscaled to the input's size."""
+    """One PNG per image (see :func:`glimpse_file_names`): the input, then each glimpse the transformer sampled,
+    upscaled to the input's size."""
     from torchvision.utils import save_image
 
     folder.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, image, views in zip(names, inputs, glimpses, strict=True):
+    for file, image, views in zip(glimpse_file_names(names), inputs, glimpses, strict=True):
         height, width = image.shape[-2:]
         views = torch.nn.functional.interpolate(views, size=(height, width), mode="nearest")
-        path = folder / f"{Path(name).stem.replace('[', '_').replace(']', '')}_glimpses.png"
+        path = folder / file
         save_image(torch.cat([image[None], views]).clamp(0, 1), path, nrow=len(views) + 1, padding=2, pad_value=0.5)
         written.append(path)
     return written

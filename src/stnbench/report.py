@@ -9,9 +9,12 @@ keys that tell it apart from rows of the same data and model; it gives mean ± s
 seeds (a seed run twice is flagged), the images it trained on, and the published error with our
 difference only where the row is the paper's setting (``stnbench.published``: the paper's own model, its
 data and training set, the full test set), always with the budget beside it; otherwise a short marker in
-the cell and the reasons in the notes under the table. Written as report.md, report.csv, test_error.png,
-val_error.png (against steps), val_error_time.png (against seconds of fitting) and glimpses/*.png into the
-folder, and printed.
+the cell and the reasons in the notes under the table. Columns that are empty in every row are left out,
+and a row's ``configuration`` is never cut (the console wraps it). Written as report.md (with its pictures
+embedded), report.csv, test_error.png, val_error.png (against steps), val_error_time.png (against seconds of
+fitting), glimpses/*.png (labelled: run, model, each image's label and prediction) and, for an Optuna search,
+the study's plots (``stnbench.optuna_plots``) into the folder, and printed. ``--optuna`` writes the study's
+plots alone.
 """
 
 from __future__ import annotations
@@ -26,17 +29,28 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from stnbench.errors import USER_ERRORS
-from stnbench.identity import ABSENT, Run, configuration, differences
+from stnbench.identity import ABSENT, Run, comparable, differences
 from stnbench.identity import set_keys as command_keys
 from stnbench.published import lookup, setting_differences
 from stnbench.records import checkpoint_dir, read_results, stored_command, stored_config
 
 log = logging.getLogger("stnbench")
+# Data with an end class (sequences of variable length): the count error, and where the test images hold other
+# digit counts than the training ones, the errors on test digits at the training counts (stnbench.metrics).
+VARIABLE_LENGTH = {"count_err": "test/count_err", "train_counts_err": "test_train_counts/err",
+                   "train_counts_digit_err": "test_train_counts/digit_err",
+                   "train_counts_count_err": "test_train_counts/count_err"}
+VARIABLE_LENGTH_SHOWN = {"count_err": "count err %", "train_counts_err": "test err % at training counts",
+                         "train_counts_digit_err": "digit err % at training counts",
+                         "train_counts_count_err": "count err % at training counts"}
 COLUMNS = ["data", "model", "configuration", "runs", "seeds", "repeats", "test_err_mean", "test_err_std",
-           "digit_err_mean", "digit_err_std", "val_err_best_mean", "test_images", "images_seen", "published_err",
+           "digit_err_mean", "digit_err_std",
+           *[f"{name}_{stat}" for name in VARIABLE_LENGTH for stat in ("mean", "std")], "val_err_best_mean",
+           "test_images", "images_seen", "published_err",
            "published_metric", "paper_images", "diff", "comparable", "source", "parameters", "fit_seconds_mean",
            "steps", "commit"]
 RUN_COLUMNS = ["run_dir", "data", "model", "transform", "seed", "status", "error", "test_err", "digit_err",
+               *VARIABLE_LENGTH,
                "val_err_best", "test_images", "images_seen", "parameters", "fit_seconds", "steps", "config", "run",
                "commit", "versions"]
 PROVENANCE_SHOWN = ("provenance/stnbench", "provenance/torch", "provenance/lightning", "provenance/device")
@@ -104,6 +118,7 @@ def _run_rows(root: Path) -> list[dict]:
             "error": results.get("error"),
             "test_err": results.get("test/err"),
             "digit_err": results.get("test/digit_err"),
+            **{name: results.get(key) for name, key in VARIABLE_LENGTH.items()},
             "val_err_best": results.get("val/err_best"),
             "test_images": results.get("test_images"),
             "images_seen": _images_seen(results),
@@ -163,7 +178,7 @@ def configuration_names(runs: pd.DataFrame) -> dict[int, str]:
     firsts = tested.drop_duplicates("configuration")
     names: dict[int, str] = {}
     for _, group in firsts.groupby(["data", "label"], dropna=False, sort=False):
-        flat = {row.configuration: configuration(row.run.config) if row.run is not None else {}
+        flat = {row.configuration: comparable(row.run.config, across_seeds=True) if row.run is not None else {}
                 for row in group.itertuples()}
         keys = sorted(set().union(*flat.values()))
         shown = [k for k in keys if len({json.dumps(c.get(k, ABSENT), default=str) for c in flat.values()}) > 1]
@@ -222,6 +237,8 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
             "test_err_std": _std_or_none(group["test_err"]),
             "digit_err_mean": _mean_or_none(group["digit_err"]),
             "digit_err_std": _std_or_none(group["digit_err"]),
+            **{f"{name}_{stat}": summary(group[name]) for name in VARIABLE_LENGTH
+               for stat, summary in (("mean", _mean_or_none), ("std", _std_or_none))},
             "val_err_best_mean": _mean_or_none(group["val_err_best"]),
             "test_images": None if test_images is None else int(test_images),
             "images_seen": int(group["images_seen"].max()) if group["images_seen"].notna().any() else None,
@@ -277,17 +294,22 @@ def notes(table: pd.DataFrame) -> list[str]:
             for row in table.itertuples() if str(row.comparable).startswith("not comparable")]
 
 
-def display_table(table: pd.DataFrame) -> pd.DataFrame:
+ALWAYS_SHOWN = ("data", "model")
+
+
+def display_table(table: pd.DataFrame, drop_empty: bool = True) -> pd.DataFrame:
     """The table as people read it: 'mean ± std', budgets, and the published number with its metric; a row
-    that is not the paper's setting shows 'n/c [k]', k the number of its note under the table."""
+    that is not the paper's setting shows 'n/c [k]', k the number of its note under the table. ``drop_empty``:
+    leave out the columns that are empty in every row (``digit err %`` of single-digit data, ``published %``
+    where no row has a published number, ...)."""
     markers, k = [], 0
-    for value, comparable in zip(table["diff"], table["comparable"], strict=True):
-        if str(comparable).startswith("not comparable"):
+    for value, verdict in zip(table["diff"], table["comparable"], strict=True):
+        if str(verdict).startswith("not comparable"):
             k += 1
             markers.append(f"n/c [{k}]")
         else:
             markers.append(_cell(value))
-    return pd.DataFrame({
+    shown = pd.DataFrame({
         "data": table["data"],
         "model": table["model"],
         "configuration": [_cell(v) for v in table["configuration"]],
@@ -296,6 +318,8 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
         "test err % (mean ± std)": [_mean_std(m, s) for m, s
                                     in zip(table["test_err_mean"], table["test_err_std"], strict=True)],
         "digit err %": [_mean_std(m, s) for m, s in zip(table["digit_err_mean"], table["digit_err_std"], strict=True)],
+        **{shown: [_mean_std(m, s) for m, s in zip(table[f"{name}_mean"], table[f"{name}_std"], strict=True)]
+           for name, shown in VARIABLE_LENGTH_SHOWN.items()},
         "val err best %": [_cell(v) for v in table["val_err_best_mean"]],
         "test images": ["" if _missing(v) else f"{int(v):,}" for v in table["test_images"]],
         "trained on": [_images(s, p) for s, p in zip(table["images_seen"], table["paper_images"], strict=True)],
@@ -307,6 +331,9 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
         "steps": [_cell(v) for v in table["steps"]],
         "commit": [_cell(v) for v in table["commit"]],
     })
+    if not drop_empty or shown.empty:
+        return shown
+    return shown[[c for c in shown.columns if c in ALWAYS_SHOWN or shown[c].astype(str).str.strip().ne("").any()]]
 
 
 def _listing(title: str, frame: pd.DataFrame, explain: str = "") -> list[str]:
@@ -350,6 +377,47 @@ def to_markdown(table: pd.DataFrame, failed: pd.DataFrame, root: Path, runs: pd.
     return "\n".join(lines)
 
 
+def _link(path: Path, root: Path) -> str:
+    """A picture's address relative to report.md (which lies in ``root``), safe in a Markdown link."""
+    from urllib.parse import quote
+
+    return quote(path.relative_to(root).as_posix(), safe="/=,+-._~")
+
+
+PICTURE_TITLES = {"test_error.png": ("Test error", "test error per configuration (bars: mean ± std over seeds; "
+                                                    "black ticks: published, only for the paper's setting)"),
+                  "val_error.png": ("Validation error against steps", "validation error against optimiser steps"),
+                  "val_error_time.png": ("Validation error against time", "validation error against seconds of "
+                                                                          "fitting")}
+
+
+def picture_sections(root: Path, written: list[Path], glimpses_skipped: str = "",
+                     optuna_note: str = "") -> list[str]:
+    """report.md's pictures, embedded with links relative to it: the plots, each model's glimpses and an Optuna
+    search's study; the line that says why glimpses (or study plots) are missing where they are."""
+    lines: list[str] = []
+    pngs = [path for path in written if path.suffix == ".png"]
+    for path in pngs:
+        if path.parent == root and path.name in PICTURE_TITLES:
+            title, alt = PICTURE_TITLES[path.name]
+            lines += [f"## {title}", "", f"![{alt}]({_link(path, root)})", ""]
+    glimpses = [path for path in pngs if path.parent == root / "glimpses"]
+    if glimpses or glimpses_skipped:
+        lines += ["## Glimpses", ""]
+        lines += ["Each model's best checkpoint on the same test images: per image the input with each glimpse's "
+                  "outline (colour = step), then the glimpses, under the true label and the prediction (green: "
+                  "right, red: wrong). Models without a spatial transformer have none.", ""] if glimpses else []
+        for path in glimpses:
+            lines += [f"### {path.stem}", "", f"![glimpses of {path.stem}]({_link(path, root)})", ""]
+        lines += [glimpses_skipped, ""] if glimpses_skipped else []
+    study = [path for path in pngs if path.name.startswith("optuna_")]
+    if study or optuna_note:
+        lines += ["## Optuna study", ""]
+        lines += [f"![{path.stem.removeprefix('optuna_').replace('_', ' ')}]({_link(path, root)})" for path in study]
+        lines += ["", optuna_note, ""] if optuna_note else [""]
+    return lines
+
+
 # ---- plots ------------------------------------------------------------------------------------------------
 def plot_test_error(table: pd.DataFrame, path: Path) -> None:
     import matplotlib
@@ -368,13 +436,19 @@ def plot_test_error(table: pd.DataFrame, path: Path) -> None:
         stds = [rows["test_err_std"].get(d) for d in datasets]
         stds = [0.0 if s is None or (isinstance(s, float) and math.isnan(s)) else s for s in stds]
         ax.bar(xs, means, width, yerr=stds, label=model, capsize=2)
-        published = [rows["published_err"].get(d) for d in datasets]
-        ax.scatter(xs, [float("nan") if p is None else p for p in published], marker="_", s=200, color="k")
+        published = [float("nan") if _missing(p) else p for p in (rows["published_err"].get(d) for d in datasets)]
+        ticks = ax.scatter(xs, published, marker="_", s=200, color="k")
+        if not all(math.isnan(p) for p in published):
+            ticks.set_label("published (the paper's setting only)")
     ax.set_xticks(range(len(datasets)), datasets)
     ax.set_ylabel("test error %  (black: published)")
-    ax.legend(fontsize="small")
+    handles, labels = ax.get_legend_handles_labels()
+    shown = dict(zip(labels, handles, strict=True))  # the published ticks once
+    # Outside the axes, right of them: a legend inside would cover bars and the published ticks.
+    ax.legend(shown.values(), shown.keys(), fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0),
+              borderaxespad=0.0)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -444,7 +518,8 @@ def plot_validation(runs: pd.DataFrame, path: Path, against: str = "step") -> in
         ax.set_title(data)
         ax.set_xlabel("step" if against == "step" else "seconds of fitting")
         ax.set_ylabel("validation error %")
-        ax.legend(fontsize="small")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -463,7 +538,7 @@ def report(root: str | Path, plots: bool = True) -> dict:
     table, failed = summarise(runs), failures(runs)
     table.to_csv(root / "report.csv", index=False)
     written = [root / "report.md", root / "report.csv"]
-    pictures: list[str] = []
+    skipped = optuna_note = ""
     if plots and not table.empty:
         plot_test_error(table, root / "test_error.png")
         written.append(root / "test_error.png")
@@ -472,10 +547,37 @@ def report(root: str | Path, plots: bool = True) -> dict:
                 written.append(root / name)
         glimpses, skipped = glimpse_pictures(root)
         written += glimpses
-        if skipped:
-            pictures = ["## Glimpse pictures", "", skipped, ""]
+    if plots and (root / "optuna.journal").is_file():  # an Optuna search: its study's plots too
+        study_plots, optuna_note = optuna_pictures(root)
+        written += study_plots
+    pictures = picture_sections(root, written, skipped, optuna_note)
     (root / "report.md").write_text(to_markdown(table, failed, root, runs, pictures))
     return {"runs": runs, "table": table, "failed": failed, "written": written}
+
+
+def optuna_pictures(root: Path) -> tuple[list[Path], str]:
+    """The study plots of the Optuna search whose journal is in ``root`` (stnbench.optuna_plots), and the line
+    that says why there are none when the journal cannot be drawn."""
+    from stnbench.optuna_plots import NoStudy, load_study, write_study_plots
+
+    try:
+        return write_study_plots(load_study(root), root), ""
+    except NoStudy as error:
+        log.warning("Optuna plots skipped: %s", error)
+        return [], f"Optuna plots skipped: {error}"
+
+
+def optuna_report(root: str | Path, study: str | None = None) -> dict:
+    """``stnbench-report --optuna``: only the study plots of the search in ``root``, and its trials."""
+    from stnbench.optuna_plots import NoStudy, load_study, trial_lines, write_study_plots
+
+    root = Path(root)
+    try:
+        loaded = load_study(root, study)
+    except NoStudy as error:
+        raise SystemExit(f"stnbench-report: error: {error}") from None
+    target = root if root.is_dir() else root.parent
+    return {"trials": trial_lines(loaded), "written": write_study_plots(loaded, target)}
 
 
 def glimpse_pictures(root: Path) -> tuple[list[Path], str]:
@@ -491,20 +593,44 @@ def glimpse_pictures(root: Path) -> tuple[list[Path], str]:
         return [], reason
 
 
+CONFIGURATION_WIDTH = 60  # the console wraps a longer configuration onto more lines of its row
+HEADER_WIDTH = 12  # a longer header wraps between its words
+
+
+def console_widths(shown: pd.DataFrame) -> dict[str, int]:
+    """Each console column as wide as its longest cell (and its header, up to HEADER_WIDTH), the configuration
+    at most CONFIGURATION_WIDTH: no number, name or commit is ever folded, and nothing is cut."""
+    widths = {}
+    for column in shown.columns:
+        longest = max([len(str(value)) for value in shown[column]] + [0])
+        header = max([min(len(column), HEADER_WIDTH)] + [len(word) for word in str(column).split()])
+        widths[column] = max(header, min(longest, CONFIGURATION_WIDTH) if column == "configuration" else longest)
+    return widths
+
+
 def print_report(result: dict) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
 
-    console = Console(width=max(Console().width, 150))
     shown = display_table(result["table"])
-    table = Table(title="test error over seeds (published: the papers' numbers)")
+    widths = console_widths(shown)
+    # The console is as wide as the table needs (borders and padding: 3 characters a column), so nothing is
+    # ever cut; a configuration wraps inside its column, and rows are then ruled apart so it reads as one.
+    console = Console(width=max(Console().width, 1 + sum(width + 3 for width in widths.values())))
+    ruled = "configuration" in shown and any(len(str(v)) > CONFIGURATION_WIDTH for v in shown["configuration"])
+    table = Table(title="test error over seeds (published: the papers' numbers)", show_lines=ruled)
     for column in shown.columns:
-        table.add_column(column, justify="left" if column in ("data", "model") else "right")
+        table.add_column(column, justify="left" if column in ("data", "model", "configuration") else "right",
+                         overflow="fold", width=widths[column])
     for row in shown.itertuples(index=False):
-        table.add_row(*[str(v) for v in row])
+        table.add_row(*[Text(str(v)) for v in row])  # as text: a config value such as [a, b] is not markup
     console.print(table)
+    for k, note in enumerate(notes(result["table"]) if not result["table"].empty else [], 1):
+        console.print(f"n/c [{k}]: {note}", markup=False)  # why a row is not set beside the paper's number
     for row in result["failed"].itertuples():
-        console.print(f"[red]{row.status}[/red] {row.run_dir}: {row.error}")
+        console.print(f"[red]{escape(str(row.status))}[/red] {escape(str(row.run_dir))}: {escape(str(row.error))}")
     console.print("wrote " + ", ".join(str(p) for p in result["written"]))
 
 
@@ -512,7 +638,17 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="stnbench-report", description=__doc__.splitlines()[0])
     parser.add_argument("folder", nargs="?", default="outputs", help="a sweep folder, or outputs/ (default)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.add_argument("--optuna", action="store_true",
+                        help="only the Optuna study's plots (optuna_*.png) from the folder's optuna.journal; the "
+                             "report draws them anyway when the folder holds one")
+    parser.add_argument("--study", help="with --optuna: the study's name, where the journal holds several")
     args = parser.parse_args(argv)
+    if args.optuna:
+        result = optuna_report(args.folder, args.study)
+        print("\n".join(result["trials"]))
+        print("wrote " + ", ".join(str(p) for p in result["written"]) if result["written"]
+              else "no finished or reporting trial yet: nothing to plot")
+        return
     print_report(report(args.folder, plots=not args.no_plots))
 
 

@@ -16,6 +16,7 @@ exits non-zero if any of its runs did not finish):
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -26,7 +27,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from stnbench.cli_help import run_command
 from stnbench.config_checks import check_config
+from stnbench.console import quiet_lightning
 from stnbench.errors import USER_ERRORS, NoTraining, Pruned, RunEnded, RunInterrupted
+from stnbench.optuna_trial import TRIAL_ENV
 from stnbench.records import write_results
 from stnbench.run_folder import open_run_folder, point_run_at, remove_if_empty, remove_new_folder, save_run_record
 from stnbench.sweeps import failure, is_multirun, journal, record_failure, sweep_summary
@@ -43,6 +46,7 @@ def train(cfg: DictConfig) -> dict:
     In a folder that already holds this run (a sweep re-run): returns its results if it finished, else
     resumes from its ``checkpoints/last.ckpt`` (``skip_finished=false`` turns both off). An attempt in a
     folder holding a finished result replaces it only if it finishes too (stnbench.run_folder)."""
+    started = time.perf_counter()  # results.json's wall_seconds: this command's time for the run, from here
     check_config(cfg)
     run = open_run_folder(cfg, new_run=not is_multirun() and not cfg.get("ckpt_path"))
     stops: SafeStops | None = None
@@ -63,7 +67,7 @@ def train(cfg: DictConfig) -> dict:
             log.info("Resuming unfinished run from %s", run.resume_from)
         run.keep_finished()
         try:
-            results = _fit_and_test(cfg, stops)
+            results = _fit_and_test(cfg, stops, started)
         except RunEnded:
             raise  # its results.json is written
         except USER_ERRORS as error:
@@ -86,8 +90,10 @@ def train(cfg: DictConfig) -> dict:
             stops.deliver_deferred()  # a signal that came while the outcome was written and settled: handled now
 
 
-def _fit_and_test(cfg: DictConfig, stops: SafeStops) -> dict:
+def _fit_and_test(cfg: DictConfig, stops: SafeStops, started: float | None = None) -> dict:
     import lightning as L
+    import torch
+    from lightning.pytorch.callbacks import ProgressBar
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from stnbench.build import (
@@ -98,24 +104,38 @@ def _fit_and_test(cfg: DictConfig, stops: SafeStops) -> dict:
         key_choices,
         parameter_count,
     )
-    from stnbench.callbacks import DivergenceGuard, FitClock
+    from stnbench.callbacks import DivergenceGuard, EpochProgressBar, FitClock
     from stnbench.identity import identity, identity_hash
     from stnbench.provenance import provenance
     from stnbench.tensorboard import log_hparams
 
+    quiet_lightning()
     run_dir = Path(cfg.paths.run_dir)
     results: dict = {"run_dir": str(run_dir), "status": "failed"}
-    start = time.perf_counter()
+    if os.environ.get(TRIAL_ENV) is not None:  # a job of an Optuna search (stnbench.optuna_trial)
+        results["optuna_trial"] = int(os.environ[TRIAL_ENV])
+    start = time.perf_counter() if started is None else started
     trainer = None
     try:
         L.seed_everything(cfg.seed, workers=True)
         datamodule = build_datamodule(cfg.data)
         module = build_module(cfg, datamodule)
+        # One image: Lightning's layer table (callbacks.model_summary.max_depth > 0) then counts real FLOPs.
+        module.example_input_array = torch.zeros(1, *datamodule.image_shape)
         loggers = instantiate_group(cfg.get("logger"), "logger")
         callbacks = instantiate_group(cfg.get("callbacks"), "callbacks")
         clock = FitClock()
         callbacks += [stops, clock, DivergenceGuard(**cfg.get("divergence", {}))]
-        trainer = build_trainer(cfg.trainer, loggers, callbacks)
+        trainer_cfg = cfg.trainer
+        if not any(isinstance(callback, ProgressBar) for callback in callbacks):
+            # Piped into a file or a sweep's log a progress bar is only clutter: EpochSummary's lines say it all.
+            show_bar = trainer_cfg.get("enable_progress_bar", bool(sys.stdout and sys.stdout.isatty()))
+            if show_bar:
+                callbacks.append(EpochProgressBar())
+            elif "enable_progress_bar" not in trainer_cfg:
+                trainer_cfg = OmegaConf.create({**OmegaConf.to_container(trainer_cfg, resolve=True),
+                                                "enable_progress_bar": False})
+        trainer = build_trainer(trainer_cfg, loggers, callbacks)
         choices = key_choices(cfg)
         parameters = parameter_count(module.model)
         made_by = provenance(trainer.strategy.root_device)  # which code, versions and device made the results
@@ -134,7 +154,6 @@ def _fit_and_test(cfg: DictConfig, stops: SafeStops) -> dict:
         if cfg.get("ckpt_path"):
             results["resumed_from"] = str(cfg.ckpt_path)
 
-        start = time.perf_counter()
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         except SIGTERMException:  # Lightning's own stop (a SIGTERM before our handler was back in place)
@@ -150,7 +169,8 @@ def _fit_and_test(cfg: DictConfig, stops: SafeStops) -> dict:
                          "stnbench.optuna_pruning); a pruned trial is not tested")
         if cfg.get("test_after_fit") and not trainer.fast_dev_run:
             checkpoint = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-            tested = trainer.test(module, datamodule=datamodule, ckpt_path=checkpoint or None, weights_only=False)
+            tested = trainer.test(module, datamodule=datamodule, ckpt_path=checkpoint or None, weights_only=False,
+                                  verbose=False)  # the last line shows the test error
             results.update({key: float(value) for key, value in tested[0].items()})
             results["tested_checkpoint"] = checkpoint or "final weights"
             results["test_images"] = datamodule.images_in("test", int(trainer.num_test_batches[0]))
@@ -165,8 +185,16 @@ def _fit_and_test(cfg: DictConfig, stops: SafeStops) -> dict:
         stops.defer()  # a signal from now on must not cost the run its results.json
         if results.get("status") != "failed" and (trainer is None or trainer.is_global_zero):
             write_results(run_dir, results)
-    log.info("Results: %s", {k: v for k, v in results.items() if "/err" in k})
+    log.info("%s", results_line(results))
     return results
+
+
+def results_line(results: dict) -> str:
+    """The run's last console line: its errors (in %, rounded) and where its folder is."""
+    errors = ", ".join(f"{key} {value:.2f}" for key, value in results.items() if "/err" in key
+                       and isinstance(value, float))
+    shown = f"Results (error %): {errors}" if errors else f"Run {results.get('status')} (not tested)"
+    return f"{shown}; results.json, checkpoints and logs in the run folder {results['run_dir']}"
 
 
 def _progress(trainer, module, clock: FitClock) -> dict:

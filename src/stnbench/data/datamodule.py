@@ -21,6 +21,9 @@ from stnbench.data.mnist import DigitSplit, ensure_mnist, load_mnist, verify_mni
 
 TRAIN_MODES = ("fresh", "fixed")
 RENDER_CHUNK = 2048
+# A second test set where the test images are drawn differently from the training ones (another digit count):
+# the test digits drawn as the training images are, so one run reports both (its metrics: test_train_counts/*).
+TRAIN_COUNTS_TEST = "test_train_counts"
 
 
 def derive_seed(*parts: object) -> int:
@@ -154,6 +157,10 @@ class DistortedMNIST(L.LightningDataModule):
         self.overfit_batches, self.verify_checksums = overfit_batches, verify_checksums
         self.train_size = train_size
         self.mnist_md5: dict[str, str] = {}  # the raw files' checksums: part of the eval-set cache key
+        # The test sets, in loader order: "test" (the test images, distortion.for_split("test")), and where those
+        # are drawn differently from the training images, the test digits drawn as the training ones too.
+        differs = distortion.for_split("test") is not distortion
+        self.test_splits: tuple[str, ...] = ("test", TRAIN_COUNTS_TEST) if differs else ("test",)
         self.pools: dict[str, DigitSplit] = {}  # clean digits per split (train/val/test)
         self.fixed: dict[str, DigitSplit] = {}  # pre-rendered images per split (val/test, train if fixed)
         self._on_device: dict[tuple[str, str, str], DigitSplit] = {}
@@ -164,8 +171,9 @@ class DistortedMNIST(L.LightningDataModule):
         return (self.distortion.channels, self.distortion.image_size, self.distortion.image_size)
 
     def dataset_description(self, split: str) -> dict:
-        """Everything a fixed eval set depends on: the generator (and its code version), its parameters,
-        the seed and split, and the MNIST files' content. The cache key is a hash of exactly this."""
+        """Everything a fixed eval set depends on: the generator (and its code version), its parameters (all
+        of them: a test-only one such as the test digit count too), the seed and split (which decides the split's
+        generator, ``generator_of``), and the MNIST files' content. The cache key is a hash of exactly this."""
         description = {"distortion": type(self.distortion).__name__,
                        "version": getattr(self.distortion, "version", 1), "params": vars(self.distortion),
                        "seed": self.seed, "split": split, "num_val": self.num_val, "mnist_md5": self.mnist_md5}
@@ -191,19 +199,27 @@ class DistortedMNIST(L.LightningDataModule):
             "val": train_full.subset(order[:self.num_val]),
             "test": load_mnist(self.root, train=False, download=self.download),
         }
-        for split in ("val", "test") + (("train",) if self.train_mode == "fixed" else ()):
+        for split in ("val", *self.test_splits) + (("train",) if self.train_mode == "fixed" else ()):
             self.fixed[split] = self._fixed_set(split)
+
+    def generator_of(self, split: str) -> tuple[str, Distortion]:
+        """(the pool its digits come from, the generator that draws its images) of a split: its own digits and
+        ``distortion.for_split(split)``; the training counts' test set: the test digits, drawn as training images."""
+        if split == TRAIN_COUNTS_TEST:
+            return "test", self.distortion.for_split("train")
+        return split, self.distortion.for_split(split)
 
     def render_split(self, split: str, seed: int) -> DigitSplit:
         """Render ``split`` once, in chunks, from one CPU generator (device-independent): one image per digit,
         or ``train_size`` images for the training split (digit i of the pool is image i mod pool size)."""
-        pool = self.pools[split]
+        source, distortion = self.generator_of(split)
+        pool = self.pools[source]
         count = self.train_size if split == "train" and self.train_size else len(pool)
         generator = torch.Generator().manual_seed(seed)
         images, targets = [], []
         for start in range(0, count, RENDER_CHUNK):
             index = torch.arange(start, min(start + RENDER_CHUNK, count)) % len(pool)
-            rendered = self.distortion.render(pool, index, generator)
+            rendered = distortion.render(pool, index, generator)
             images.append(quantize(rendered.images))
             targets.append(rendered.targets)
         return DigitSplit(torch.cat(images), torch.cat(targets))
@@ -242,8 +258,9 @@ class DistortedMNIST(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("val")
 
-    def test_dataloader(self) -> DataLoader:
-        return self._eval_loader("test")
+    def test_dataloader(self) -> DataLoader | list[DataLoader]:
+        loaders = [self._eval_loader(split) for split in self.test_splits]
+        return loaders[0] if len(loaders) == 1 else loaders
 
     def _batches_done(self) -> int:
         """Batches of the current epoch already trained on: 0 when an epoch starts, k when a run resumes
@@ -270,7 +287,8 @@ class DistortedMNIST(L.LightningDataModule):
             stored = self._device_copy("fixed", split, device)
             return stored.images[index].float().div_(255.0), stored.labels[index]
         generator = torch.Generator(device=device).manual_seed(int(batch["seed"]))
-        rendered = self.distortion.render(self._device_copy("pool", split, device), index, generator)
+        source, distortion = self.generator_of(split)
+        rendered = distortion.render(self._device_copy("pool", source, device), index, generator)
         return quantize(rendered.images).float().div_(255.0), rendered.targets
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):

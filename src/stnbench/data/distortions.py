@@ -18,6 +18,7 @@ from stnbench.errors import ConfigError  # noqa: F401 (re-exported: plug-ins imp
 from stnbench.sampling import affine_grid, control_grid, homography_grid, sample, tps_grid
 
 DIGIT_SIZE = 28
+PAD = -100  # a sequence target's steps after its end class: F.cross_entropy's default ignore_index, never scored
 
 
 @dataclass
@@ -69,10 +70,16 @@ class Distortion:
     image_size: int = DIGIT_SIZE
     channels: int = 1
     num_classes: int = 10
-    sequence_length: int | None = None  # digits per image when the target is a sequence
+    sequence_length: int | None = None  # prediction steps of a sequence target: digits (+ the end class); None: a label
+    end_class: int | None = None  # the class that ends a sequence of variable length (after it: PAD), or None
 
     def render(self, pool: DigitSplit, index: torch.Tensor, generator: torch.Generator) -> Rendered:
         raise NotImplementedError
+
+    def for_split(self, split: str) -> Distortion:
+        """The generator that renders ``split`` ("train", "val", "test"): this one, unless its test images are
+        drawn differently (``ScatteredDigits``' test digit count); its ``sequence_length`` is that split's."""
+        return self
 
 
 class Plain(Distortion):

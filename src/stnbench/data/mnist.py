@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,7 +86,7 @@ def ensure_mnist(root: str | Path, download: bool = True) -> Path:
     problem = raw_files_problem(root)
     if problem and problem[0] == "missing" and download:
         try:
-            MNIST(str(root), train=True, download=True)  # fetches all four files
+            _download(root)
         except Exception as error:  # network down, read-only root, corrupt archive ...
             raise MNISTNotFoundError(_missing_message(
                 root, f"{problem[1]}; download failed: {type(error).__name__}: {error}")) from None
@@ -93,6 +95,30 @@ def ensure_mnist(root: str | Path, download: bool = True) -> Path:
         reason = problem[1] + ("" if problem[0] == "corrupt" or download else " (download disabled)")
         raise MNISTNotFoundError(_missing_message(root, reason))
     return root
+
+
+def _download(root: Path) -> None:
+    """Fetch the missing raw files into a scratch folder, then move them to ``<root>/MNIST/raw``: the data root
+    gets nothing (no folder either) unless the download brought the files. ``.gz`` files already in raw/ are
+    unpacked instead of downloaded again (torchvision skips a download whose archive is there and intact)."""
+    raw = root / "MNIST" / "raw"
+    with tempfile.TemporaryDirectory(prefix="stnbench-mnist-") as scratch:
+        fetched = Path(scratch) / "MNIST" / "raw"
+        fetched.mkdir(parents=True)
+        for archive in raw.glob("*.gz") if raw.is_dir() else ():
+            (fetched / archive.name).symlink_to(archive.resolve())
+        MNIST(scratch, train=True, download=True)  # fetches (or unpacks) all four files
+        brought = [name for name in RAW_FILES if not (raw / name).is_file() and (fetched / name).is_file()]
+        if not brought:
+            return
+        raw.mkdir(parents=True, exist_ok=True)
+        for name in brought:
+            part = raw / f".{name}.{os.getpid()}.part"
+            try:
+                shutil.copyfile(fetched / name, part)
+                os.replace(part, raw / name)  # a reader never sees half a file
+            finally:
+                part.unlink(missing_ok=True)
 
 
 def load_mnist(root: str | Path, train: bool, download: bool = True) -> DigitSplit:

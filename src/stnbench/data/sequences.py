@@ -116,7 +116,67 @@ def distractor_bank(root: str, crop_size: int, size: int, seed: int) -> torch.Te
 _BANK_ON_DEVICE: dict[tuple, torch.Tensor] = {}
 
 
-class SonderbySequence(Distortion):
+class SonderbyClutter:
+    """Sønderby et al.'s clutter, shared by their sequences and the scattered digits: ``num_distractors`` crops
+    of ``crop_size`` written (each over the previous ones) into a layer of their own at positions
+    0 .. W - 1 - s, from a fixed bank of crops of the MNIST training digits (``distractor_source=bank``, the
+    reference) or from digits of the image's own split (``same_split``). The layer is added to the digits and
+    the sum clipped by the generator."""
+
+    image_size: int
+
+    def set_clutter(self, canvas_size: int, num_distractors: int, crop_size: int, distractor_source: str,
+                    bank_size: int, bank_seed: int, root: str) -> None:
+        """Check and keep the clutter's settings (and the canvas size they are checked against)."""
+        check_clutter(canvas_size, num_distractors, crop_size)
+        if crop_size >= DIGIT_SIZE or crop_size >= canvas_size:
+            raise ConfigError(f"crop_size={crop_size} must be below {DIGIT_SIZE} (positions are randint(28 - s)); "
+                              "lower crop_size")
+        if distractor_source not in DISTRACTOR_SOURCES:
+            raise ConfigError(f"distractor_source must be one of {DISTRACTOR_SOURCES}, got "
+                              f"'{distractor_source}'; use bank (the reference) or same_split")
+        if bank_size < 1:
+            raise ConfigError(f"bank_size must be a positive number of crops, got {bank_size}")
+        self.image_size = canvas_size
+        self.num_distractors, self.crop_size = num_distractors, crop_size
+        self.distractor_source, self.bank_size, self.bank_seed = distractor_source, bank_size, bank_seed
+        self.root = str(root)
+
+    def bank(self, device: torch.device) -> torch.Tensor:
+        key = (self.root, self.crop_size, self.bank_size, self.bank_seed, str(device))
+        if key not in _BANK_ON_DEVICE:
+            cpu = distractor_bank(self.root, self.crop_size, self.bank_size, self.bank_seed)
+            _BANK_ON_DEVICE[key] = cpu.to(device)  # 8 MB per (bank, device): the CPU one and the training device
+        return _BANK_ON_DEVICE[key]
+
+    def distractors(self, pool: DigitSplit, batch: int, generator: torch.Generator,
+                    device: torch.device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The distractor layer [B, H, W]: crops written over each other at random positions."""
+        count, size = self.num_distractors, self.crop_size
+        layer = torch.zeros(batch, self.image_size, self.image_size, device=device)
+        if count == 0:
+            return layer, {}
+        params: dict[str, torch.Tensor] = {}
+        if self.distractor_source == "bank":
+            bank = self.bank(device)
+            params["distractor_index"] = random_int(0, len(bank) - 1, (batch, count), generator, device)
+        else:
+            params["distractor_index"] = random_int(0, len(pool) - 1, (batch, count), generator, device)
+            params["crop_top"] = random_int(0, DIGIT_SIZE - size - 1, (batch, count), generator, device)
+            params["crop_left"] = random_int(0, DIGIT_SIZE - size - 1, (batch, count), generator, device)
+        params["distractor_top"] = random_int(0, self.image_size - size - 1, (batch, count), generator, device)
+        params["distractor_left"] = random_int(0, self.image_size - size - 1, (batch, count), generator, device)
+        for k in range(count):  # a small constant: one batched write per distractor, in order
+            source = params["distractor_index"][:, k]
+            if self.distractor_source == "bank":
+                patches = bank[source].float().div_(255.0)
+            else:
+                patches = crop(as_float(pool, source), params["crop_top"][:, k], params["crop_left"][:, k], size)
+            paste(layer, patches, params["distractor_top"][:, k], params["distractor_left"][:, k], overwrite=True)
+        return layer, params
+
+
+class SonderbySequence(SonderbyClutter, Distortion):
     """Sønderby et al.'s cluttered MNIST sequences, as their ``create_mnist_sequence.py`` makes them.
 
     Per image: ``num_digits`` digits drawn with replacement from the split, side by side ``spacing`` px
@@ -156,19 +216,8 @@ class SonderbySequence(Distortion):
         if self.y_offset[0] < 0 or self.y_offset[1] >= canvas_size:
             raise ConfigError(f"y_offset={list(self.y_offset)} must lie inside the canvas, 0 .. "
                               f"{canvas_size - 1}; lower it or raise canvas_size")
-        check_clutter(canvas_size, num_distractors, crop_size)
-        if crop_size >= DIGIT_SIZE or crop_size >= canvas_size:
-            raise ConfigError(f"crop_size={crop_size} must be below {DIGIT_SIZE} (positions are randint(28 - s)); "
-                              "lower crop_size")
-        if distractor_source not in DISTRACTOR_SOURCES:
-            raise ConfigError(f"distractor_source must be one of {DISTRACTOR_SOURCES}, got "
-                              f"'{distractor_source}'; use bank (the reference) or same_split")
-        if bank_size < 1:
-            raise ConfigError(f"bank_size must be a positive number of crops, got {bank_size}")
-        self.num_digits, self.image_size, self.spacing = num_digits, canvas_size, spacing
-        self.num_distractors, self.crop_size = num_distractors, crop_size
-        self.distractor_source, self.bank_size, self.bank_seed = distractor_source, bank_size, bank_seed
-        self.root = str(root)
+        self.num_digits, self.spacing = num_digits, spacing
+        self.set_clutter(canvas_size, num_distractors, crop_size, distractor_source, bank_size, bank_seed, root)
 
     @property
     def sequence_length(self) -> int:  # type: ignore[override]
@@ -184,39 +233,6 @@ class SonderbySequence(Distortion):
         left = x0[:, None] + self.spacing * steps
         top = (y0[:, None] + step[:, None] * steps).clamp(0, self.image_size - DIGIT_SIZE)
         return {"left": left, "top": top, "step": step, "x_offset": x0, "y_offset": y0}
-
-    def bank(self, device: torch.device) -> torch.Tensor:
-        key = (self.root, self.crop_size, self.bank_size, self.bank_seed, str(device))
-        if key not in _BANK_ON_DEVICE:
-            cpu = distractor_bank(self.root, self.crop_size, self.bank_size, self.bank_seed)
-            _BANK_ON_DEVICE[key] = cpu.to(device)  # 8 MB per (bank, device): the CPU one and the training device
-        return _BANK_ON_DEVICE[key]
-
-    def distractors(self, pool: DigitSplit, batch: int, generator: torch.Generator,
-                    device: torch.device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The distractor layer [B, H, W]: crops written over each other at random positions."""
-        count, size = self.num_distractors, self.crop_size
-        layer = torch.zeros(batch, self.image_size, self.image_size, device=device)
-        if count == 0:
-            return layer, {}
-        params: dict[str, torch.Tensor] = {}
-        if self.distractor_source == "bank":
-            bank = self.bank(device)
-            params["distractor_index"] = random_int(0, len(bank) - 1, (batch, count), generator, device)
-        else:
-            params["distractor_index"] = random_int(0, len(pool) - 1, (batch, count), generator, device)
-            params["crop_top"] = random_int(0, DIGIT_SIZE - size - 1, (batch, count), generator, device)
-            params["crop_left"] = random_int(0, DIGIT_SIZE - size - 1, (batch, count), generator, device)
-        params["distractor_top"] = random_int(0, self.image_size - size - 1, (batch, count), generator, device)
-        params["distractor_left"] = random_int(0, self.image_size - size - 1, (batch, count), generator, device)
-        for k in range(count):  # a small constant: one batched write per distractor, in order
-            source = params["distractor_index"][:, k]
-            if self.distractor_source == "bank":
-                patches = bank[source].float().div_(255.0)
-            else:
-                patches = crop(as_float(pool, source), params["crop_top"][:, k], params["crop_left"][:, k], size)
-            paste(layer, patches, params["distractor_top"][:, k], params["distractor_left"][:, k], overwrite=True)
-        return layer, params
 
     def render(self, pool: DigitSplit, index: torch.Tensor, generator: torch.Generator) -> Rendered:
         batch, device = len(index), index.device

@@ -7,7 +7,13 @@ A model is a ``torch.nn.Module`` that
 * is built with the keyword arguments ``input_shape`` (C, H, W), ``num_classes`` and ``num_steps`` (1, or the
   digits per image of sequence data) besides its own config keys;
 * maps float images [B, C, H, W] in [0, 1] (background 0) to a :class:`ModelOutput` whose ``logits`` are
-  [B, T, num_classes] with T >= ``num_steps`` (the last ``num_steps`` steps are scored);
+  [B, T, num_classes] with T >= ``num_steps`` (the last ``num_steps`` steps are scored; for data with an end
+  class, sequences of variable length, the first);
+* may run another number of prediction steps than it was built for (a recurrent model: one step per digit,
+  however many there are): it then sets the class attribute ``variable_steps = True`` and takes
+  ``num_steps`` as a keyword argument of ``forward`` (``model(images, num_steps=T)`` emits T steps;
+  :func:`run_model` is how stnbench calls it). A model without it has a fixed head per position and is refused
+  test data that needs more steps than it was built for (:func:`check_test_steps`);
 * if it has a spatial transformer, also returns ``thetas`` [B, S, P] and ``glimpses`` [B, S, C, h, w] and
   exposes ``transform`` (a :class:`stnbench.models.transforms.Transform`, for the zoom metric and pictures);
 * may expose ``localisation_parameters()`` and ``loc_lr_multiplier`` (>= 0): those parameters then train at
@@ -27,6 +33,8 @@ from stnbench.errors import ConfigError
 from stnbench.models.output import ModelOutput
 
 CONSTRUCTOR_KWARGS = ("input_shape", "num_classes", "num_steps")
+# What to use instead of a model with a fixed head per position, when the test needs more steps.
+RECURRENT_MODELS = "model=recurrent_stn, recurrent_stn_no_feedback, sonderby_rnn_spn or rnn_stn"
 
 
 @runtime_checkable
@@ -49,6 +57,31 @@ class ModelContractError(ConfigError):
     """A model does not meet the contract above."""
 
 
+def variable_steps(model: nn.Module) -> bool:
+    """Whether ``model`` can emit another number of steps than it was built for (``forward(..., num_steps=T)``)."""
+    return bool(getattr(model, "variable_steps", False))
+
+
+def run_model(model: nn.Module, images: torch.Tensor, num_steps: int | None = None) -> ModelOutput:
+    """``model(images)``, asking a model with ``variable_steps`` for ``num_steps`` steps (None: its own number);
+    every other model emits the steps it was built for, whatever ``num_steps`` says."""
+    if num_steps is not None and variable_steps(model):
+        return model(images, num_steps=num_steps)
+    return model(images)
+
+
+def check_test_steps(model: nn.Module, num_steps: int, test_steps: int) -> None:
+    """A model built for ``num_steps`` steps must be able to emit the ``test_steps`` its test data needs: one
+    clear line for a model with a fixed head per position asked for more (more test digits than trained)."""
+    if test_steps <= num_steps or variable_steps(model):
+        return
+    raise ConfigError(f"model {type(model).__name__} has a fixed output head per position: it was built for "
+                      f"{num_steps} prediction steps and cannot emit the {test_steps} that the test images need "
+                      f"(data.distortion.test_num_digits holds more digits than num_digits); test it on at most as "
+                      f"many digits as it trained on, or use a recurrent model that runs as many steps as the test "
+                      f"needs ({RECURRENT_MODELS})")
+
+
 def _fail(model: nn.Module, rule: str, fix: str) -> ModelContractError:
     name = f"{type(model).__module__}.{type(model).__qualname__}"
     return ModelContractError(f"model {name} breaks the model contract: {rule}; {fix} "
@@ -67,10 +100,12 @@ def check_constructor(model: nn.Module) -> None:
 
 
 def check_model(model: nn.Module, input_shape: tuple[int, int, int], num_classes: int | None = None,
-                num_steps: int = 1) -> None:
-    """Raise :class:`ModelContractError` (a ConfigError) naming the first rule ``model`` breaks.
+                num_steps: int = 1, test_steps: int | None = None) -> None:
+    """Raise :class:`ModelContractError` (a ConfigError) naming the first rule ``model`` breaks, and a
+    ConfigError when it cannot emit the ``test_steps`` its test data needs (:func:`check_test_steps`).
 
-    Runs one forward pass on two blank images (no gradients; training mode is restored)."""
+    Runs one forward pass on two blank images (no gradients; training mode is restored), and one at
+    ``test_steps`` for a model with ``variable_steps`` that the test asks for another number of steps."""
     if not isinstance(model, nn.Module):
         raise ModelContractError(f"model {type(model).__qualname__} is not a torch.nn.Module; subclass nn.Module")
     check_constructor(model)
@@ -111,6 +146,27 @@ def check_model(model: nn.Module, input_shape: tuple[int, int, int], num_classes
                         "expose the Transform that turns thetas into sampling grids as self.transform")
     if hasattr(model, "loc_lr_multiplier") or hasattr(model, "localisation_parameters"):
         _check_localisation(model)
+    if test_steps is not None and test_steps != num_steps:
+        check_test_steps(model, num_steps, test_steps)
+        if variable_steps(model):
+            _check_steps_on_demand(model, images, test_steps)
+
+
+def _check_steps_on_demand(model: nn.Module, images: torch.Tensor, steps: int) -> None:
+    """A model with ``variable_steps`` emits exactly the steps it is asked for."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            logits = run_model(model, images, steps).logits
+    except TypeError as error:
+        raise _fail(model, f"it sets variable_steps but forward(images, num_steps={steps}) failed ({error})",
+                    "take num_steps as a keyword argument of forward") from None
+    finally:
+        model.train(was_training)
+    if logits.shape[1] != steps:
+        raise _fail(model, f"forward(images, num_steps={steps}) emitted {logits.shape[1]} steps",
+                    "emit num_steps steps when asked for them")
 
 
 def _check_localisation(model: nn.Module) -> None:

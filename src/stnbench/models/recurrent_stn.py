@@ -2,7 +2,7 @@
 
 Step t samples glimpse g_t = sample(image, θ_t). A GRU reads a configurable step input and its previous
 state and emits θ_{t+1}, either directly (``theta_mode: absolute``) or as an update in the current
-glimpse's coordinates (``composed``: θ_{t+1} = θ_t ∘ Δ_t, affine only). Its input is whichever of these are
+glimpse's coordinates (``composed``: θ_{t+1} = θ_t ∘ Δ_t, affine or projective). Its input is whichever of these are
 switched on:
 
 * ``glimpse_feedback``: an embedding of the current glimpse g_t (the seed's proposal: what the model just
@@ -114,6 +114,11 @@ class FeedbackGRUCell(nn.GRUCell):
 
 
 class RecurrentSTN(nn.Module):
+    """See the module docstring. ``forward(images, num_steps=T)`` reads T digits (T x K glimpses), any T: the
+    recurrence has no per-position weights, so a model trained on 3 digits can be tested on 4."""
+
+    variable_steps = True  # the model contract: forward takes num_steps
+
     def __init__(self, input_shape: tuple[int, int, int], num_classes: int, classifier, transform: Transform,
                  localisation, encoder, output_size: int | Sequence[int] | None = None,
                  loc_lr_multiplier: float = 1.0, num_steps: int = 1, num_glimpses: int | None = None,
@@ -124,7 +129,7 @@ class RecurrentSTN(nn.Module):
         if theta_mode not in THETA_MODES:
             raise ConfigError(f"theta_mode must be one of {THETA_MODES}, got '{theta_mode}'")
         if theta_mode == "composed" and not transform.composable:
-            raise ConfigError(f"theta_mode=composed needs a transform with a composition rule (affine); "
+            raise ConfigError(f"theta_mode=composed needs a transform with a composition rule (affine or projective); "
                               f"'{transform.name}' supports only model.theta_mode=absolute")
         if loss_at not in LOSS_AT:
             raise ConfigError(f"model.loss_at must be one of {LOSS_AT}, got '{loss_at}'")
@@ -174,27 +179,31 @@ class RecurrentSTN(nn.Module):
         out = self.update(state)
         return (self.transform.compose(theta, out) if self.theta_mode == "composed" else out), state
 
-    def glimpse_digit(self, device: torch.device | None = None) -> torch.Tensor:
+    def glimpse_digit(self, device: torch.device | None = None, num_steps: int | None = None) -> torch.Tensor:
         """For each glimpse s, the prediction step (digit) it belongs to: s // K."""
-        return torch.arange(self.num_glimpses, device=device) // self.per_digit
+        steps = self.num_steps if num_steps is None else int(num_steps)
+        return torch.arange(steps * self.per_digit, device=device) // self.per_digit
 
-    def forward(self, images: torch.Tensor) -> ModelOutput:
+    def forward(self, images: torch.Tensor, num_steps: int | None = None) -> ModelOutput:
+        """Logits [B, T, classes] for T = ``num_steps`` digits (default: the number it was built for)."""
+        steps = self.num_steps if num_steps is None else int(num_steps)
+        count = steps * self.per_digit  # glimpses
         code = self.stn.localisation(images)
         theta = self.stn.regressor(code)
         thetas, glimpses, state = [], [], None
-        for step in range(self.num_glimpses):  # inherently sequential: θ_{t+1} may depend on glimpse t
+        for step in range(count):  # inherently sequential: θ_{t+1} may depend on glimpse t
             glimpse = self.stn.warp(images, theta)
             thetas.append(theta)
             glimpses.append(glimpse)
-            if step + 1 < self.num_glimpses:
+            if step + 1 < count:
                 theta, state = self.next_theta(theta, glimpse, code, state)
         glimpses_t = torch.stack(glimpses, 1)  # [B, S, C, h, w]
         batch = images.shape[0]  # not len(): traceable at any batch size
         if self.loss_at == "every_glimpse":  # classify every glimpse; the digits' last ones are the logits
-            every = self.classifier(glimpses_t.flatten(0, 1)).view(batch, self.num_glimpses, self.num_classes)
+            every = self.classifier(glimpses_t.flatten(0, 1)).view(batch, count, self.num_classes)
             return ModelOutput(every[:, self.per_digit - 1::self.per_digit], thetas=torch.stack(thetas, 1),
                                glimpses=glimpses_t, glimpse_logits=every,
-                               glimpse_digit=self.glimpse_digit(images.device))
+                               glimpse_digit=self.glimpse_digit(images.device, steps))
         read = glimpses_t[:, self.per_digit - 1::self.per_digit]  # last glimpse of each digit: [B, T, ...]
-        logits = self.classifier(read.flatten(0, 1)).view(batch, self.num_steps, self.num_classes)
+        logits = self.classifier(read.flatten(0, 1)).view(batch, steps, self.num_classes)
         return ModelOutput(logits, thetas=torch.stack(thetas, 1), glimpses=glimpses_t)

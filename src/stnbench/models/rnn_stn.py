@@ -30,7 +30,10 @@ class RNNSTN(nn.Module):
     """T glimpses, one prediction per glimpse: logits [B, T, classes].
 
     T = ``num_steps`` (the number of digits) for sequence data; for single-label data (num_steps = 1)
-    ``num_glimpses`` may set T, and the module scores the last step."""
+    ``num_glimpses`` may set T, and the module scores the last step. ``forward(images, num_steps=T)`` runs T
+    steps, any T (the GRU has no per-step weights)."""
+
+    variable_steps = True  # the model contract: forward takes num_steps
 
     def __init__(self, input_shape: tuple[int, int, int], num_classes: int, classifier, transform: Transform,
                  localisation, output_size: int | Sequence[int] | None = None, loc_lr_multiplier: float = 1.0,
@@ -55,13 +58,14 @@ class RNNSTN(nn.Module):
     def localisation_parameters(self) -> list[nn.Parameter]:
         return [*self.localisation.parameters(), *self.rnn.parameters(), *self.regressor.parameters()]
 
-    def forward(self, images: torch.Tensor) -> ModelOutput:
+    def forward(self, images: torch.Tensor, num_steps: int | None = None) -> ModelOutput:
+        steps = self.steps if num_steps is None else int(num_steps)
         code = self.localisation(images)
         state, hidden = None, []
-        for _ in range(self.steps):  # a loop over steps (T is small), batched over images
+        for _ in range(steps):  # a loop over steps (T is small), batched over images
             state = self.rnn(code, state)
             hidden.append(state[0] if self.rnn_type == "lstm" else state)
         thetas = self.regressor(torch.stack(hidden, 1))  # [B, T, P]
         glimpses = warp_steps(images, self.transform, thetas, self.output_hw)
-        logits = self.classifier(glimpses.flatten(0, 1)).view(images.shape[0], self.steps, self.num_classes)
+        logits = self.classifier(glimpses.flatten(0, 1)).view(images.shape[0], steps, self.num_classes)
         return ModelOutput(logits, thetas=thetas, glimpses=glimpses)

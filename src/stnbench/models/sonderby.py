@@ -179,7 +179,12 @@ class SonderbyRNNSPN(_SonderbyBase):
     ``encoder_channels``, then dense ``encoder_hidden``) codes glimpse t, and the code enters the GRU's input
     at step t + 1 through zero-initialised input weights (``rnn.feedback``). The encoder is built last, on a
     random stream of its own, so with the switch off the model is the reference's weight for weight, and at
-    the same seed the two variants share every other parameter and start out computing the same θs."""
+    the same seed the two variants share every other parameter and start out computing the same θs.
+
+    ``forward(images, num_steps=T)`` runs T steps, any T (no per-step weights): tested on more digits than
+    trained, it simply keeps reading."""
+
+    variable_steps = True  # the model contract: forward takes num_steps
 
     def __init__(self, input_shape: tuple[int, int, int], num_classes: int, transform: Transform | None = None,
                  num_steps: int = 1, downsample: float = 3, loc_channels: int = 20, rnn_units: int = 256,
@@ -209,29 +214,32 @@ class SonderbyRNNSPN(_SonderbyBase):
         """Glimpses [B, S, C, h, w] for parameters [B, S, P]: every glimpse from the full image."""
         return warp_steps(images, self.transform, thetas, self.glimpse_hw)
 
-    def forward(self, images: torch.Tensor) -> ModelOutput:
+    def forward(self, images: torch.Tensor, num_steps: int | None = None) -> ModelOutput:
+        """Logits [B, T, classes] for T = ``num_steps`` steps (default: the number it was built for)."""
+        steps = self.steps if num_steps is None else int(num_steps)
         # The same code every step (Lasagne's Repeat layer): its input gates W_x x + b once, not once per step.
         drive = self.rnn.input(self.localisation(images))
         if self.encoder is None:
-            thetas, glimpses = self.look(images, drive)
+            thetas, glimpses = self.look(images, drive, steps)
         else:
-            thetas, glimpses = self.look_with_feedback(images, drive)
-        logits = self.classifier(glimpses.flatten(0, 1)).view(images.shape[0], self.steps, self.num_classes)
+            thetas, glimpses = self.look_with_feedback(images, drive, steps)
+        logits = self.classifier(glimpses.flatten(0, 1)).view(images.shape[0], steps, self.num_classes)
         return ModelOutput(logits, thetas=thetas, glimpses=glimpses)
 
-    def look(self, images: torch.Tensor, drive: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def look(self, images: torch.Tensor, drive: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The reference: all θs from the GRU first, then all glimpses in one sampler call."""
         state, hidden = None, []
-        for _ in range(self.steps):
+        for _ in range(steps):
             state = self.rnn.step(drive, state)
             hidden.append(state)
         thetas = self.regressor(torch.stack(hidden, 1))  # [B, T, P]
         return thetas, self.sample(images, thetas)
 
-    def look_with_feedback(self, images: torch.Tensor, drive: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def look_with_feedback(self, images: torch.Tensor, drive: torch.Tensor,
+                           steps: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Glimpse by glimpse: step t + 1's input gates also get ``rnn.feedback(encoder(glimpse t))``."""
         state, thetas, glimpses = None, [], []
-        for step in range(self.steps):
+        for step in range(steps):
             gates = drive if step == 0 else drive + self.rnn.feedback(self.encoder(glimpses[-1]))
             state = self.rnn.step(gates, state)
             thetas.append(self.regressor(state))

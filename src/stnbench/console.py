@@ -1,0 +1,36 @@
+"""The console of a run: one line per log record, and none of Lightning's advertisements."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+# Lightning's console lines that are advertisements or about stnbench's own set-up, not about the run.
+LIGHTNING_NOISE = ("💡 Tip:", "Trainer already configured with model summary callbacks",
+                   "Loading `train_dataloader` to estimate number of stepping batches")
+
+
+class _LightningNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(LIGHTNING_NOISE)
+
+
+def quiet_lightning() -> None:
+    """One console line per log record, and none of Lightning's tips.
+
+    ``import lightning`` gives the ``lightning`` logger a console handler of its own ("INFO: ...") that also
+    passes every record on to the root logger, where Hydra's handlers print it again (with time and name) and
+    write it to train.log. Once logging is configured (the root logger has handlers) Lightning's own console
+    handlers go and its records take the root's way only. Safe to call again (every run of a sweep does)."""
+    if logging.getLogger().handlers:
+        for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+            logger = logging.getLogger(name)
+            for handler in [h for h in logger.handlers if type(h) is logging.StreamHandler]:
+                logger.removeHandler(handler)
+            logger.propagate = True
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")  # where Lightning's info lines come from
+    if not any(isinstance(f, _LightningNoise) for f in rank_zero.filters):
+        rank_zero.addFilter(_LightningNoise())
+    # Recent torch deprecates a pytree class that Lightning's own code still uses: nothing a user can act on.
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                            category=FutureWarning)

@@ -1,0 +1,58 @@
+"""What counts as right, defined once for every kind of target (the LightningModule, pictures and predict use it).
+
+* Single labels [B]: an image is right when its label is.
+* Digit sequences of fixed length [B, T]: a sequence is right when every digit is (``err``); ``digit_err``
+  counts the digits.
+* Sequences of variable length (data with an end class, ``data=multi_digit_scattered``): the target holds the
+  digits, the end class, then ``PAD``; a model's answer is what it emits up to its first end class. A sequence is
+  right when the count and every digit are (``err``: every step up to and including the end class is right);
+  ``digit_err`` counts the digits present (the steps before the target's end class, position by position: an
+  early end class or a skipped digit is wrong there); ``count_err``: the first end class the model emits is not
+  at the target's (no end class at all: a wrong count).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from stnbench.data.distortions import PAD
+
+
+@dataclass
+class Scores:
+    """Per image ``sequence_wrong`` [B] (float 0/1); per step ``digit_targets`` [B, T], the targets with every
+    step that holds no digit set to ``PAD``; ``count_wrong`` [B] (float 0/1), or None without an end class."""
+
+    sequence_wrong: torch.Tensor
+    digit_targets: torch.Tensor
+    count_wrong: torch.Tensor | None
+
+
+def first_end(steps: torch.Tensor, end_class: int) -> torch.Tensor:
+    """Index of the first ``end_class`` in each row of ``steps`` [B, T]; T where there is none."""
+    ended = steps == end_class
+    length = torch.full(ended.shape[:1], ended.shape[1], dtype=torch.long, device=steps.device)
+    return torch.where(ended.any(1), ended.int().argmax(1), length)
+
+
+def score(logits: torch.Tensor, targets: torch.Tensor, end_class: int | None = None) -> Scores:
+    """The scores of step logits [B, C] or [B, T, C] against targets [B] or [B, T]."""
+    predicted = logits.argmax(-1).view(len(targets), -1)
+    labels = targets.view(len(targets), -1)
+    scored = labels != PAD
+    sequence_wrong = ((predicted != labels) & scored).any(1).float()
+    if end_class is None:
+        return Scores(sequence_wrong, labels, None)
+    digits = scored & (labels != end_class)
+    count_wrong = (first_end(predicted, end_class) != first_end(labels, end_class)).float()
+    return Scores(sequence_wrong, labels.masked_fill(~digits, PAD), count_wrong)
+
+
+def read(steps: torch.Tensor, end_class: int | None = None) -> list[int]:
+    """A sequence as a model says it: the steps [T] up to the first end class (all of them without one)."""
+    values = [int(value) for value in steps.reshape(-1)]
+    if end_class is not None and end_class in values:
+        values = values[:values.index(end_class)]
+    return [value for value in values if value != PAD]
