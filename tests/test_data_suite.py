@@ -21,6 +21,7 @@ SUITE = ("projective", "elastic", "translated", "cluttered", "multi_digit", "add
 VARIANTS = ("cluttered_ram", "multi_digit_jittered")
 ALL_DATA = ("mnist", "rotated", "rts") + SUITE + VARIANTS
 ALL_DATA += ("multi_digit_scattered",)  # targets of variable length: tests/test_scattered.py
+ALL_DATA += ("perturbed",)  # IC-STN's benchmark: tests/test_perturbed.py
 
 
 def distortion_from_config(name: str, **overrides):

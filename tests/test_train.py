@@ -143,7 +143,7 @@ def test_eval_on_data_of_another_size_says_what_to_do_in_one_line(tmp_path, cach
     assert "\n" not in message and "size mismatch" not in message
     assert "trained on data=rotated (1x28x28 images, 10 classes)" in message
     assert "data=rts gives 1x42x42 images" in message and "drop data=" in message
-    assert "data=elastic, mnist, projective" in message  # the shipped data it can be tested on instead
+    assert "data=elastic, mnist, perturbed, projective" in message  # the shipped data it can be tested on instead
 
 
 def test_results_json_times_the_whole_run_and_names_its_optuna_trial(tmp_path, cache_dir, monkeypatch):

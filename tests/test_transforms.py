@@ -83,7 +83,26 @@ def test_affine_composition_applies_the_update_inside_the_outer_glimpse():
     torch.testing.assert_close(affine.compose(outer, affine.identity()[None]), outer)
 
 
-@pytest.mark.parametrize("name", ["projective", "tps", "attention"])
+def test_projective_composition_applies_the_update_inside_the_outer_glimpse():
+    """As affine: the grid of outer o update is the outer homography applied to the update's grid points, and
+    composing with an affine update agrees with Affine.compose (issue 25, IC-STN's homographies)."""
+    projective = Projective()
+    outer = torch.tensor([[0.9, 0.1, 0.05, -0.1, 1.1, -0.1, 0.05, -0.08]])
+    update = torch.tensor([[1.05, -0.05, 0.1, 0.02, 0.95, 0.03, -0.04, 0.06]])
+    composed = projective.compose(outer, update)
+    inner = projective.grid(update, 6, 6).reshape(-1, 2)
+    mapped = torch.cat([inner, torch.ones(len(inner), 1)], 1) @ projective.matrix(outer)[0].T
+    torch.testing.assert_close(projective.grid(composed, 6, 6).reshape(-1, 2), mapped[:, :2] / mapped[:, 2:],
+                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(projective.compose(outer, projective.identity()[None]), outer)
+    affine_outer, affine_update = outer.clone(), update.clone()
+    affine_outer[:, 6:], affine_update[:, 6:] = 0, 0
+    torch.testing.assert_close(projective.compose(affine_outer, affine_update)[:, :6],
+                               Affine().compose(affine_outer[:, :6], affine_update[:, :6]), atol=1e-6, rtol=0)
+    assert projective.composable
+
+
+@pytest.mark.parametrize("name", ["tps", "attention"])
 def test_other_transforms_refuse_composition(name):
     transform = make(name)
     assert not transform.composable

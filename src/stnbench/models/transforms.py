@@ -32,7 +32,7 @@ class Transform:
         Only families closed under composition with a cheap product implement it; the recurrent STN's
         ``theta_mode: composed`` needs it."""
         raise ConfigError(f"transform '{self.name}' does not support theta_mode=composed; "
-                          "use theta_mode=absolute or model/transform=affine")
+                          "use theta_mode=absolute or model/transform=affine|projective")
 
     @property
     def composable(self) -> bool:
@@ -73,9 +73,21 @@ class Projective(Transform):
     def identity(self) -> torch.Tensor:
         return torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0])
 
+    @staticmethod
+    def matrix(params: torch.Tensor) -> torch.Tensor:
+        """[B, 8] -> [B, 3, 3] with bottom-right entry 1."""
+        return torch.cat([params, torch.ones_like(params[:, :1])], 1).reshape(-1, 3, 3)
+
     def grid(self, params: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        matrix = torch.cat([params, torch.ones_like(params[:, :1])], 1).reshape(-1, 3, 3)
-        return homography_grid(matrix, height, width)
+        return homography_grid(self.matrix(params), height, width)
+
+    def compose(self, outer: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
+        # As Affine.compose: H_outer @ H_update, the update in the outer glimpse's coordinates; rescaled so
+        # the bottom-right entry is 1 again (kept away from 0 without flipping its sign).
+        product = self.matrix(outer) @ self.matrix(update)
+        last = product[:, 2, 2:]
+        last = torch.where(last.abs() < 1e-6, torch.where(last < 0, -1e-6, 1e-6).to(last), last)
+        return product.reshape(-1, 9)[:, :8] / last
 
 
 class ThinPlateSpline(Transform):
