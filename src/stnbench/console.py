@@ -34,3 +34,7 @@ def quiet_lightning() -> None:
     # Recent torch deprecates a pytree class that Lightning's own code still uses: nothing a user can act on.
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
                             category=FutureWarning)
+    # stnbench logs the on-step series of such short epochs once per epoch and says so in a line of its own
+    # (STNBenchModule._log_short_epochs); Lightning's advice to lower log_every_n_steps would repeat it.
+    warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than the "
+                            r"logging interval")
