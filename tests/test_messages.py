@@ -256,3 +256,14 @@ def test_the_predict_usage_names_its_input_key():
     text = cli_help.help_text("predict", [])
     usage = text.splitlines()[0]
     assert usage.startswith("usage: stnbench-predict ckpt_path=") and " input=<" in usage and "images=" not in text
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "gallery", "report"])
+def test_a_command_module_imports_neither_torch_nor_lightning(command):
+    """A mistyped command line is answered before torch is imported (about a second), by every command that
+    can: the models, data and pictures are imported where a command uses them."""
+    code = (f"import sys, stnbench.{command}; "
+            "print('heavy:', [m for m in ('torch', 'lightning', 'matplotlib') if m in sys.modules])")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "heavy: []" in result.stdout, result.stdout

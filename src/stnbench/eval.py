@@ -5,36 +5,40 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from torchvision.utils import save_image
 
-from stnbench import viz
-from stnbench.build import (
-    CONFIG_DIR,
-    CONFIG_KEY,
-    USER_ERRORS,
-    build_datamodule,
-    build_model,
-    build_trainer,
-    load_checkpoint,
-    load_weights,
-    parameter_count,
-    write_json,
-)
 from stnbench.cli_help import run_command
 from stnbench.console import quiet_lightning
-from stnbench.errors import CheckpointError, ConfigError
+from stnbench.errors import USER_ERRORS, CheckpointError, ConfigError
 from stnbench.identity import Run, differences
-from stnbench.module import STNBenchModule
 from stnbench.run_folder import remove_if_empty
+
+if TYPE_CHECKING:
+    from stnbench.module import STNBenchModule
+
+# torch, Lightning and the models are imported where a command uses them, not with this module: a mistyped
+# command line is then answered in about a second (stnbench.cli_help), as stnbench-train's is.
 
 log = logging.getLogger("stnbench")
 
 
 def evaluate(cfg: DictConfig) -> dict:
+    from stnbench.build import (
+        CONFIG_KEY,
+        build_datamodule,
+        build_model,
+        build_trainer,
+        load_checkpoint,
+        load_weights,
+        parameter_count,
+        write_json,
+    )
+    from stnbench.module import STNBenchModule
+
     quiet_lightning()
     if not cfg.get("ckpt_path"):
         raise CheckpointError("no checkpoint to evaluate: pass ckpt_path=<run>/checkpoints/best.ckpt")
@@ -106,6 +110,8 @@ def describe_images(images: tuple[int, int, int, int | None]) -> str:
 
 def same_images_options(images: tuple[int, int, int, int | None]) -> list[str]:
     """The shipped data= options whose images a model trained on ``images`` takes."""
+    from stnbench.build import CONFIG_DIR
+
     found = []
     for path in sorted((CONFIG_DIR / "data").glob("[!_]*.yaml")):
         try:
@@ -135,6 +141,10 @@ def check_same_images(trained: DictConfig, asked: DictConfig, ckpt_path: str) ->
 def save_transformer_picture(module: STNBenchModule, datamodule, path: Path, count: int = 16) -> Path | None:
     """The TensorBoard picture (inputs with glimpse outlines, then the glimpses) for a few test images,
     as a PNG. Models without a spatial transformer have nothing to show: returns None."""
+    from torchvision.utils import save_image
+
+    from stnbench import viz
+
     images, _ = datamodule.preview("test", count)
     module.eval()
     grid = viz.model_picture(module.model, images, module.device, upscale=3)

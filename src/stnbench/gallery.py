@@ -5,18 +5,19 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
-import matplotlib
+from omegaconf import DictConfig
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-
-from stnbench.build import USER_ERRORS, build_datamodule  # noqa: E402
 from stnbench.cli_help import run_command
-from stnbench.data.distortions import ConfigError  # noqa: E402
+from stnbench.errors import USER_ERRORS, ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+# torch, matplotlib and the data are imported where the gallery is drawn, not with this module: a mistyped
+# command line is then answered in about a second (stnbench.cli_help), as stnbench-train's is.
 
 log = logging.getLogger("stnbench")
 
@@ -33,6 +34,8 @@ def label_text(target: torch.Tensor, num_classes: int, end_class: int | None = N
 
 def side_by_side(images: torch.Tensor) -> torch.Tensor:
     """[B, C, H, W] -> [B, H, C*W + gaps]: every channel shown, separated by a thin bright line."""
+    import torch
+
     if images.shape[1] == 1:
         return images[:, 0]
     gap = torch.full_like(images[:, 0, :, :1], 0.5)
@@ -43,6 +46,11 @@ def side_by_side(images: torch.Tensor) -> torch.Tensor:
 def draw_gallery(images: torch.Tensor, targets: torch.Tensor, num_classes: int, title: str,
                  path: Path, end_class: int | None = None) -> Path:
     """Write a grid of ``images`` [B, C, H, W] in [0, 1] with their labels as titles to ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     pictures = side_by_side(images.cpu())
     columns = min(8, len(pictures))
     rows = math.ceil(len(pictures) / columns)
@@ -64,6 +72,8 @@ def draw_gallery(images: torch.Tensor, targets: torch.Tensor, num_classes: int, 
 def gallery(cfg: DictConfig) -> Path:
     if cfg.count <= 0:
         raise ConfigError(f"count must be a positive number of images, got {cfg.count}")
+    from stnbench.build import build_datamodule
+
     datamodule = build_datamodule(cfg.data)
     images, targets = datamodule.preview("val", int(cfg.count))
     distortion = datamodule.distortion
