@@ -38,3 +38,10 @@ def quiet_lightning() -> None:
     # (STNBenchModule._log_short_epochs); Lightning's advice to lower log_every_n_steps would repeat it.
     warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than the "
                             r"logging interval")
+
+
+def errors_text(results: dict) -> str:
+    """A command's errors as its last console line shows them: ``test/err 1.23, val/err_best 1.50`` (in %,
+    rounded); empty when there are none."""
+    return ", ".join(f"{key} {value:.2f}" for key, value in results.items()
+                     if "/err" in key and isinstance(value, float))

@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from stnbench.cli_help import run_command
-from stnbench.console import quiet_lightning
+from stnbench.console import errors_text, quiet_lightning
 from stnbench.errors import USER_ERRORS, CheckpointError, ConfigError
 from stnbench.identity import Run, differences
 from stnbench.run_folder import remove_if_empty
@@ -79,8 +79,7 @@ def evaluate(cfg: DictConfig) -> dict:
         if picture is not None:
             results["picture"] = str(picture)
     write_json(Path(cfg.paths.run_dir) / "eval_results.json", results)
-    errors = ", ".join(f"{key} {value:.2f}" for key, value in results.items() if "/err" in key)
-    log.info("Results on data=%s (error %%): %s; eval_results.json in %s", results["data"], errors,
+    log.info("Results on data=%s (error %%): %s; eval_results.json in %s", results["data"], errors_text(results),
              cfg.paths.run_dir)
     return results
 

@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from stnbench.cli_help import run_command
 from stnbench.config_checks import check_config
-from stnbench.console import quiet_lightning
+from stnbench.console import errors_text, quiet_lightning
 from stnbench.errors import USER_ERRORS, NoTraining, Pruned, RunEnded, RunInterrupted
 from stnbench.optuna_trial import TRIAL_ENV
 from stnbench.records import write_results
@@ -90,7 +90,7 @@ def train(cfg: DictConfig) -> dict:
             stops.deliver_deferred()  # a signal that came while the outcome was written and settled: handled now
 
 
-def _fit_and_test(cfg: DictConfig, stops: SafeStops, started: float | None = None) -> dict:
+def _fit_and_test(cfg: DictConfig, stops: SafeStops, started: float) -> dict:
     import lightning as L
     import torch
     from lightning.pytorch.callbacks import ProgressBar
@@ -114,7 +114,6 @@ def _fit_and_test(cfg: DictConfig, stops: SafeStops, started: float | None = Non
     results: dict = {"run_dir": str(run_dir), "status": "failed"}
     if os.environ.get(TRIAL_ENV) is not None:  # a job of an Optuna search (stnbench.optuna_trial)
         results["optuna_trial"] = int(os.environ[TRIAL_ENV])
-    start = time.perf_counter() if started is None else started
     trainer = None
     try:
         L.seed_everything(cfg.seed, workers=True)
@@ -181,7 +180,7 @@ def _fit_and_test(cfg: DictConfig, stops: SafeStops, started: float | None = Non
         results.update({"status": ended.status, "error": str(ended)})
         raise
     finally:
-        results["wall_seconds"] = round(time.perf_counter() - start, 1)
+        results["wall_seconds"] = round(time.perf_counter() - started, 1)  # from train(): data building too
         stops.defer()  # a signal from now on must not cost the run its results.json
         if results.get("status") != "failed" and (trainer is None or trainer.is_global_zero):
             write_results(run_dir, results)
@@ -191,8 +190,7 @@ def _fit_and_test(cfg: DictConfig, stops: SafeStops, started: float | None = Non
 
 def results_line(results: dict) -> str:
     """The run's last console line: its errors (in %, rounded) and where its folder is."""
-    errors = ", ".join(f"{key} {value:.2f}" for key, value in results.items() if "/err" in key
-                       and isinstance(value, float))
+    errors = errors_text(results)
     shown = f"Results (error %): {errors}" if errors else f"Run {results.get('status')} (not tested)"
     return f"{shown}; results.json, checkpoints and logs in the run folder {results['run_dir']}"
 
