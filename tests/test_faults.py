@@ -80,6 +80,39 @@ def test_sigterm_mid_epoch_checkpoints_and_resumes_exactly(tmp_path, cache_dir, 
     assert 1000 < resumed["fit_seconds"] <= 1000 + resumed["wall_seconds"]  # both rounded to 0.1 s
 
 
+class CrashAtEpoch(Callback):
+    """A crash as epoch ``epoch`` starts: the epoch before it ended, validated and wrote its last.ckpt."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == self.epoch:
+            raise RuntimeError("crashed between epochs")
+
+
+@pytest.mark.parametrize("bound", [[], ["trainer.max_epochs=1000", "trainer.max_steps=20"]],
+                         ids=["epochs", "steps"])
+def test_a_resume_from_an_epoch_end_checkpoint_trains_no_batch_twice(tmp_path, cache_dir, straight, monkeypatch,
+                                                                     bound):
+    """The last.ckpt that ModelCheckpoint writes at an epoch's end (after its validation) has that epoch's
+    batches all completed: the resumed run starts the next epoch at its first batch, with no extra step,
+    whether epochs or steps bound the training (Lightning restarts the two differently)."""
+    cfg = compose_config(RESUMABLE + bound, run_dir=tmp_path, cache=cache_dir)
+    with monkeypatch.context() as patch, pytest.raises(RuntimeError, match="crashed between epochs"):
+        add_callbacks(patch, CrashAtEpoch(1))
+        train(cfg)
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert checkpoint["global_step"] == 10 and checkpoint["epoch"] == 0  # the end of the first epoch
+    resumed = train(compose_config(RESUMABLE + bound + [f"ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}"],
+                                   run_dir=tmp_path, cache=cache_dir))
+    expected, weights = straight
+    assert resumed["status"] == "finished" and resumed["global_step"] == expected["global_step"] == 20
+    assert resumed["epochs"] == expected["epochs"] == 2
+    assert resumed["val/err_best"] == expected["val/err_best"] and resumed["test/err"] == expected["test/err"]
+    assert _same_weights(_weights(tmp_path), weights)
+
+
 def _wait_for(predicate, timeout: float = 240.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():

@@ -48,15 +48,22 @@ class IndexBatches(Sampler):
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
         self.first_batch: Callable[[], int] = lambda: 0  # where an epoch starts: > 0 when resumed inside it
+        self.trainer_epoch: Callable[[], int] | None = None  # the epoch a trainer is in, when one runs the loader
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _order(self) -> torch.Tensor:
+    def current_epoch(self) -> int:
+        """The epoch whose order and distortions an iterator draws: the trainer's own count when a trainer runs
+        the loader, else ``set_epoch``'s. (Resumed from an epoch-end checkpoint, step-bounded training gets a
+        ``set_epoch`` one ahead of the epoch it trains, so the resumed run would draw the wrong epoch's batches.)"""
+        return self.trainer_epoch() if self.trainer_epoch is not None else self.epoch
+
+    def _order(self, epoch: int) -> torch.Tensor:
         if not self.shuffle:
             order = torch.arange(self.num_items)
         else:
-            generator = torch.Generator().manual_seed(derive_seed(self.seed, self.split, "order", self.epoch))
+            generator = torch.Generator().manual_seed(derive_seed(self.seed, self.split, "order", epoch))
             order = torch.randperm(self.num_items, generator=generator)
         usable = len(order) - len(order) % self.world_size if self.world_size > 1 else len(order)
         return order[self.rank:usable:self.world_size]
@@ -66,10 +73,11 @@ class IndexBatches(Sampler):
         return per_rank // self.batch_size if self.drop_last else -(-per_rank // self.batch_size)
 
     def __iter__(self) -> Iterator[dict]:
-        order = self._order()
+        epoch = self.current_epoch()
+        order = self._order(epoch)
         for number in range(self.first_batch(), len(self)):
             index = order[number * self.batch_size:(number + 1) * self.batch_size]
-            seed = derive_seed(self.seed, self.split, self.epoch, number, self.rank)
+            seed = derive_seed(self.seed, self.split, epoch, number, self.rank)
             yield {"split": self.split, "index": index, "seed": seed}
 
 
@@ -87,6 +95,9 @@ class FixedBatches(IndexBatches):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = 0
 
+    def current_epoch(self) -> int:
+        return 0
+
 
 class ResumableLoader(DataLoader):
     """The training loader, resumable inside an epoch: a resumed epoch starts after the batches it had
@@ -96,12 +107,14 @@ class ResumableLoader(DataLoader):
     run's. (Lightning restores a loader's own ``load_state_dict`` only after it has created the epoch's
     iterator, so the position is read from the loop instead; the state below is for the record.)"""
 
-    def __init__(self, sampler: IndexBatches, batches_done: Callable[[], int]) -> None:
+    def __init__(self, sampler: IndexBatches, batches_done: Callable[[], int],
+                 epoch: Callable[[], int] | None = None) -> None:
         super().__init__(_PassThrough(), sampler=sampler, batch_size=None)
         sampler.first_batch = batches_done
+        sampler.trainer_epoch = epoch
 
     def state_dict(self) -> dict:
-        return {"epoch": self.sampler.epoch, "batches_done": int(self.sampler.first_batch())}
+        return {"epoch": self.sampler.current_epoch(), "batches_done": int(self.sampler.first_batch())}
 
     def load_state_dict(self, state: dict) -> None:
         """Nothing to load: the position comes from Lightning's restored loop progress."""
@@ -250,7 +263,7 @@ class DistortedMNIST(L.LightningDataModule):
             sampler = FixedBatches("train", self._size("train"), self.batch_size, self.seed, self.overfit_batches)
         else:
             sampler = self._sampler("train", self.batch_size, shuffle=True)
-        return ResumableLoader(sampler, self._batches_done)
+        return ResumableLoader(sampler, self._batches_done, self._epoch if self.trainer is not None else None)
 
     def _eval_loader(self, split: str) -> DataLoader:
         return DataLoader(_PassThrough(), sampler=self._sampler(split, self.eval_batch_size, False), batch_size=None)
@@ -261,6 +274,10 @@ class DistortedMNIST(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader | list[DataLoader]:
         loaders = [self._eval_loader(split) for split in self.test_splits]
         return loaders[0] if len(loaders) == 1 else loaders
+
+    def _epoch(self) -> int:
+        """The epoch the trainer is in (Lightning's own count, restored from a checkpoint)."""
+        return self.trainer.current_epoch
 
     def _batches_done(self) -> int:
         """Batches of the current epoch already trained on: 0 when an epoch starts, k when a run resumes
