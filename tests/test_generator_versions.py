@@ -33,7 +33,7 @@ FINGERPRINTS = {
     'multi_digit': (1, 'b21523b527464ae1'),
     'multi_digit_jittered': (1, '492ff9db765c4f65'),
     'multi_digit_scattered': (1, '2d5c5ff17e1a9424'),
-    'perturbed': (1, '25a092b665bec339'),
+    'perturbed': (2, '25a092b665bec339'),
     'projective': (1, '89232f63369b8bf4'),
     'rotated': (1, 'f9571aa484107d1a'),
     'rts': (1, '1051e8233d8346bb'),

@@ -103,15 +103,17 @@ def test_identity_at_init_and_the_output_contract(warps):
 
 
 def test_glimpses_of_another_size_and_affine_warps():
-    net = build_model("ic_stn", (1, 42, 42), overrides=("model.output_size=28", "model/transform=affine"))
+    net = build_model("ic_stn", (1, 42, 42), overrides=("model.output_size=28", "model/transform=affine",
+                                                       "model.from_source=false"))
     out = net(torch.rand(2, 1, 42, 42))
     assert out.glimpses.shape == (2, 4, 1, 28, 28) and out.thetas.shape == (2, 4, 6)
 
 
 def test_c_stn_is_the_plain_stn_and_the_two_start_from_the_same_weights():
-    """With K = 1 IC-STN reads the input once and resamples it once: the plain STN (STClassifier with the
-    same predictor and classifier). Built at the same seed the two hold the same weights; moved off the
-    identity, the STN's weights give IC-STN K = 1 the same θs and logits."""
+    """Without a source (``from_source=false``, or images that come without one), with K = 1 IC-STN reads the
+    input once and resamples it once: the plain STN (STClassifier with the same predictor and classifier).
+    Built at the same seed the two hold the same weights; moved off the identity, the STN's weights give
+    IC-STN K = 1 the same θs and logits."""
     plain = build_model("ic_plain_stn", seed=5)
     compositional = build_model("ic_stn", overrides=("model.num_warps=1",), seed=5)
     state_plain, state_ic = plain.state_dict(), compositional.state_dict()
@@ -187,8 +189,12 @@ def test_the_recurrent_pair_on_perturbed_shares_every_parameter_at_the_same_seed
     torch.testing.assert_close(out_on.logits, out_off.logits, atol=0, rtol=0)
 
 
-def test_a_tiny_ic_stn_run_on_perturbed_finishes(tmp_path, cache_dir):
-    cfg = compose_config(["experiment=perturbed", "model.num_warps=2", "data.num_val=500", "data.eval_batch_size=500",
+@pytest.mark.parametrize("model, parameters", [("ic_stn", 39_048), ("recurrent_stn_perturbed", 88_016)])
+def test_a_tiny_run_from_the_source_on_perturbed_finishes(tmp_path, cache_dir, model, parameters):
+    """Both models that start from the clean digit train through the batches' Source (tests/test_source.py)."""
+    steps = "model.num_warps=2" if model == "ic_stn" else "model.num_glimpses=2"
+    cfg = compose_config(["experiment=perturbed", f"model={model}", steps, "data.num_val=500",
+                          "data.eval_batch_size=500",
                           "trainer.limit_train_batches=4", "trainer.max_steps=8", "trainer.limit_val_batches=1",
                           "trainer.limit_test_batches=1", "logger=csv"], run_dir=tmp_path, cache=cache_dir)
     assert cfg.optimizer._target_ == "torch.optim.SGD" and cfg.optimizer.momentum == 0
@@ -196,6 +202,7 @@ def test_a_tiny_ic_stn_run_on_perturbed_finishes(tmp_path, cache_dir):
     results = train(cfg)
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["status"] == "finished" and saved["global_step"] == 8
-    assert saved["choice/data"] == "perturbed" and saved["choice/model"] == "ic_stn"
-    assert saved["parameters"] == 39_048 and math.isfinite(results["test/err"])
+    assert saved["choice/data"] == "perturbed" and saved["choice/model"] == model
+    assert saved["config"]["model"]["from_source"] is True
+    assert saved["parameters"] == parameters and math.isfinite(results["test/err"])
 

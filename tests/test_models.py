@@ -202,6 +202,9 @@ def test_eval_writes_the_transformer_picture(tmp_path, mnist_root):
         def preview(self, split, count):
             return digits[:count], torch.zeros(count, dtype=torch.long)
 
+        def preview_source(self, split, count):
+            return None  # digits without a known warp (data=perturbed has one)
+
     stn = STNBenchModule(build_model("recurrent_stn", (1, 28, 28)), optimizer=None)
     path = save_transformer_picture(stn, Preview(), tmp_path / "transformer.png", count=6)
     width, height = Image.open(path).size

@@ -49,8 +49,9 @@ def build_datamodule(data_cfg: DictConfig | dict) -> DistortedMNIST:
 def build_model(model_cfg: DictConfig | dict, datamodule: DistortedMNIST) -> torch.nn.Module:
     """The configured model, checked against the model contract (one clear error when a plug-in breaks it) and
     against its test data: it is built for the training targets' steps, and a model with a fixed head per
-    position that the test images need more steps of is refused now, not after training."""
-    from stnbench.models.contract import check_model
+    position that the test images need more steps of is refused now, not after training; so is a model that
+    starts from the data's source (``reads_source``) on data that hands none."""
+    from stnbench.models.contract import check_model, check_source
 
     distortion = datamodule.distortion
     num_steps = distortion.sequence_length or 1  # how many steps a model runs: as many as a target has
@@ -59,6 +60,7 @@ def build_model(model_cfg: DictConfig | dict, datamodule: DistortedMNIST) -> tor
                          num_classes=distortion.num_classes, num_steps=num_steps)
     check_model(model, datamodule.image_shape, num_classes=distortion.num_classes, num_steps=num_steps,
                 test_steps=test_steps)
+    check_source(model, distortion.source_warp, datamodule.name)
     return model
 
 

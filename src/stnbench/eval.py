@@ -146,7 +146,8 @@ def save_transformer_picture(module: STNBenchModule, datamodule, path: Path, cou
 
     images, _ = datamodule.preview("test", count)
     module.eval()
-    grid = viz.model_picture(module.model, images, module.device, upscale=3)
+    grid = viz.model_picture(module.model, images, module.device, upscale=3,
+                             source=datamodule.preview_source("test", count))
     if grid is None:
         return None
     path.parent.mkdir(parents=True, exist_ok=True)

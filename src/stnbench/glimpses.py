@@ -27,6 +27,7 @@ from stnbench.errors import CheckpointError, ConfigError
 from stnbench.identity import flatten, test_images
 from stnbench.predict import load_model
 from stnbench.records import best_checkpoint, is_finished, read_results
+from stnbench.source import Source
 
 
 def run_config(run_dir: Path) -> dict:
@@ -54,6 +55,13 @@ def reference_batch(run_dirs: Iterable[str | Path], count: int = 8, seed: int | 
                     data_root: str | Path | None = None,
                     cache_dir: str | Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``reference_images`` and their labels ([N], or [N, T] for digit sequences)."""
+    return reference_inputs(run_dirs, count, seed, data_root, cache_dir)[:2]
+
+
+def reference_inputs(run_dirs: Iterable[str | Path], count: int = 8, seed: int | None = None,
+                     data_root: str | Path | None = None,
+                     cache_dir: str | Path | None = None) -> tuple[torch.Tensor, torch.Tensor, Source | None]:
+    """``reference_batch`` and the images' :class:`~stnbench.source.Source` (data=perturbed; else None)."""
     runs = [Path(run) for run in run_dirs]
     if not runs:
         raise ConfigError("no run folders given: pass the folders of finished runs")
@@ -79,7 +87,8 @@ def reference_batch(run_dirs: Iterable[str | Path], count: int = 8, seed: int | 
         data["seed"] = int(seed)
     # Only the test set is needed: read MNIST where it is, and leave the training set unrendered.
     data.update({"download": False, "train_mode": "fresh", "train_size": None})
-    return build_datamodule(data).preview("test", count)
+    datamodule = build_datamodule(data)
+    return (*datamodule.preview("test", count), datamodule.preview_source("test", count))
 
 
 def end_class_of(run: Path) -> int | None:
@@ -104,22 +113,24 @@ def model_title(run: Path, name: str) -> str:
 def write_glimpse_pictures(run_dirs: Iterable[str | Path], out_dir: str | Path, count: int = 8,
                            images: torch.Tensor | None = None, upscale: int = 3,
                            names: Mapping[Path, str] | None = None, targets: torch.Tensor | None = None,
-                           **image_options) -> dict[str, Path | None]:
+                           source: Source | None = None, **image_options) -> dict[str, Path | None]:
     """One PNG per run, ``<out_dir>/<name>.png`` (``names``: run folder -> file name, default the folder's
     name): the run's name and model on top, then per image the input with each glimpse's outline in step
     order and the glimpses, under the true label and the model's prediction. Returns {name: PNG path, or None
     for a model without a spatial transformer (nothing to draw)}. ``images`` (and their labels ``targets``)
-    default to ``reference_batch`` (``image_options``: seed, data_root, cache_dir)."""
+    default to ``reference_batch`` (``image_options``: seed, data_root, cache_dir), and their ``source`` too
+    (the clean digits, for models that start from them)."""
     runs = [Path(run) for run in run_dirs]
     if images is None:
-        images, targets = reference_batch(runs, count, **image_options)
+        images, targets, source = reference_inputs(runs, count, **image_options)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path | None] = {}
     for run in runs:
         name = (names or {}).get(run, run.name)
         grid = viz.labelled_model_picture(load_model(best_checkpoint(run)), images, targets, "cpu", upscale=upscale,
-                                          title=model_title(run, name), end_class=end_class_of(run))
+                                          title=model_title(run, name), end_class=end_class_of(run),
+                                          source=source)
         if grid is None:
             written[name] = None
             continue

@@ -61,6 +61,7 @@ SEED_KEYS = ("seed", "data.seed")  # what tells the runs of one configuration ap
 BEFORE_ADDED: dict[str, Any] = {
     "model.output_pool": 1,                # issue 21: ST models on RTS/TC pool the transformer's output by 2
     "model.classifier.ceil_mode": False,   # ... and their CNN's max-pools round up
+    "model.from_source": False,            # issue 25: IC-STN starts from the perturbation, on the clean digit
 }
 # Overrides already shown in a run's folder name (run_name), or by its sweep's folder (sweep_name).
 NAMED = frozenset({"data", "model", "model/transform", "seed", "experiment", "hparams_search", "sweep_name"})

@@ -113,11 +113,12 @@ class STNBenchModule(L.LightningModule):
 
     # ---- shared step --------------------------------------------------------------------------------
     def _step(self, batch, split: str) -> torch.Tensor:
-        images, targets = batch
+        images, targets = batch[0], batch[1]
+        source = batch[2] if len(batch) > 2 else None  # the clean digits and their warps (data=perturbed)
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         # a model that can runs as many steps as the targets have (more at test than in training, say)
-        output = run_model(self.model, images, targets.shape[1] if targets.dim() == 2 else None)
+        output = run_model(self.model, images, targets.shape[1] if targets.dim() == 2 else None, source)
         end_class = self._end_class()
         logits = step_logits(output, targets, end_class)
         loss = classification_loss(output, targets, logits)
@@ -242,8 +243,10 @@ class STNBenchModule(L.LightningModule):
         if datamodule is None or not hasattr(writer, "add_image"):
             return
         images, labels = datamodule.preview("val", self.preview_count)
+        source = datamodule.preview_source("val", self.preview_count)
         # a grid of the fixed validation images: input with glimpse outlines, glimpses, label and prediction
-        picture = viz.labelled_model_picture(self.model, images, labels, self.device, end_class=self._end_class())
+        picture = viz.labelled_model_picture(self.model, images, labels, self.device, end_class=self._end_class(),
+                                             source=source)
         if picture is not None:
             writer.add_image("val/transformer", picture, self.global_step)  # the steps done, like the scalars
 

@@ -211,6 +211,10 @@ def save_glimpses(folder: Path, names: list[str], inputs: torch.Tensor, glimpses
 def run(cfg: DictConfig) -> list[dict[str, Any]]:
     loaded = load(cfg.ckpt_path, cfg.get("device", "cpu"))
     names, images = read_inputs(cfg.input, loaded.input_shape)
+    if getattr(loaded.model, "reads_source", False):
+        log.warning("this model trained from each image's clean digit and the warp that made it "
+                    "(model.from_source=true); images of your own come without them, so it starts from the image "
+                    "at the identity, as it never did in training")
     labels, confidence, glimpses = predict(loaded, images, int(cfg.get("batch_size", 256)))
     rows = [{"input": n, "label": label, "confidence": round(float(c), 4)}
             for n, label, c in zip(names, labels, confidence, strict=True)]

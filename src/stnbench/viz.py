@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torchvision.utils import make_grid
 
 from stnbench.metrics import read
-from stnbench.models.contract import run_model
+from stnbench.models.contract import reads_source, run_model
+from stnbench.source import Source
 
 # One colour per glimpse step (RGB in [0, 1]); cycles for longer sequences.
 STEP_COLOURS = torch.tensor([[1.0, 0.2, 0.2], [0.2, 1.0, 0.2], [0.3, 0.5, 1.0], [1.0, 1.0, 0.2],
@@ -78,14 +79,27 @@ def transformer_grid(images: torch.Tensor, glimpses: torch.Tensor, thetas: torch
 
 
 def model_picture(model, images: torch.Tensor, device: torch.device | str = "cpu",
-                  upscale: int = 2) -> torch.Tensor | None:
-    """Run ``model`` on ``images`` and draw what its transformer did (``transformer_grid``); None for
-    models without a spatial transformer. Shared by TensorBoard logging and ``stnbench-eval``."""
-    with torch.no_grad():
-        output = model(images.to(device))
-    if output.glimpses is None or output.thetas is None:
+                  upscale: int = 2, source: Source | None = None) -> torch.Tensor | None:
+    """Run ``model`` on ``images`` (and their ``source``, for a model that starts from it) and draw what its
+    transformer did (``transformer_grid``); None for models without a spatial transformer. ``stnbench-eval``'s
+    picture."""
+    output, thetas = run_for_picture(model, images, device, None, source)
+    if output.glimpses is None or thetas is None:
         return None
-    return transformer_grid(images, output.glimpses.cpu(), output.thetas.cpu(), model.transform, upscale=upscale)
+    return transformer_grid(images, output.glimpses.cpu(), thetas, model.transform, upscale=upscale)
+
+
+def run_for_picture(model, images: torch.Tensor, device: torch.device | str, num_steps: int | None,
+                    source: Source | None) -> tuple:
+    """(the model's output, its thetas on the CPU as warps of ``images``). A model that starts from the
+    ``source`` samples the clean digit: H_0^-1 H_t is the same glimpse in the input's frame, where it is drawn."""
+    started = source is not None and reads_source(model)
+    with torch.no_grad():
+        output = run_model(model, images.to(device), num_steps, source.to(device) if started else None)
+    if output.thetas is None:
+        return output, None
+    thetas = output.thetas.cpu()
+    return output, in_image_frame(model.transform, thetas, source.homography.cpu()) if started else thetas
 
 
 # ---- labelled pictures: input, glimpses, label and prediction -------------------------------------------------
@@ -188,18 +202,19 @@ def labelled_grid(panels: list[torch.Tensor], captions: list[str], right: list[b
 
 def labelled_model_picture(model, images: torch.Tensor, targets: torch.Tensor | None = None,
                            device: torch.device | str = "cpu", upscale: int = 2, title: str | None = None,
-                           columns: int | None = None, end_class: int | None = None) -> torch.Tensor | None:
+                           columns: int | None = None, end_class: int | None = None,
+                           source: Source | None = None) -> torch.Tensor | None:
     """``model_picture`` as people read it: per image the input with each glimpse's outline and the glimpses,
     under its true label (``targets``, if given) and the model's prediction; the images laid out as a grid
     under ``title`` and a line that says how to read it. None for models without a spatial transformer.
     ``end_class``: the data's (sequences of variable length): answers are read up to it, and a model that can
-    runs as many steps as the targets have."""
+    runs as many steps as the targets have. ``source``: the images' clean digits and warps (data=perturbed),
+    for a model that starts from them; its glimpses' outlines are drawn where they fall on the input image."""
     steps_wanted = targets.shape[1] if targets is not None and targets.dim() == 2 else None
-    with torch.no_grad():
-        output = run_model(model, images.to(device), steps_wanted)
-    if output.glimpses is None or output.thetas is None:
+    output, thetas = run_for_picture(model, images, device, steps_wanted, source)
+    if output.glimpses is None or thetas is None:
         return None
-    glimpses, thetas = output.glimpses.cpu(), output.thetas.cpu()
+    glimpses = output.glimpses.cpu()
     if targets is not None:
         predicted = predictions(output, targets, end_class)
     else:  # without labels: the answer of every step the model emits (one step: its label)
@@ -214,3 +229,12 @@ def labelled_model_picture(model, images: torch.Tensor, targets: torch.Tensor | 
            + ", then the glimpse" + ("s" if steps > 1 else "") + "\nlabel and prediction: green right, red wrong")
     return labelled_grid(panels, captions, right, title=f"{title}\n{how}" if title else how, columns=columns,
                          font_size=max(11, 5 * upscale))
+
+
+def in_image_frame(transform, thetas: torch.Tensor, homography: torch.Tensor) -> torch.Tensor:
+    """Sampling warps of the clean digit, thetas [B, S, 8] (projective), as warps of the image that the
+    homographies [B, 3, 3] made from it: the same glimpses, outlined on the model's input."""
+    batch, steps = thetas.shape[:2]
+    matrices = transform.matrix(thetas.reshape(batch * steps, -1)).view(batch, steps, 3, 3)
+    relative = torch.linalg.inv(homography.double())[:, None] @ matrices.double()
+    return transform.params_of(relative.reshape(batch * steps, 3, 3).float()).view(batch, steps, -1)

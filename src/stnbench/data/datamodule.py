@@ -16,8 +16,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from stnbench.data.cache import cached
-from stnbench.data.distortions import ConfigError, Distortion
+from stnbench.data.distortions import Distortion, digits_as_float
 from stnbench.data.mnist import DigitSplit, ensure_mnist, load_mnist, verify_mnist
+from stnbench.errors import ConfigError
+from stnbench.source import Source
 
 TRAIN_MODES = ("fresh", "fixed")
 RENDER_CHUNK = 2048
@@ -176,6 +178,7 @@ class DistortedMNIST(L.LightningDataModule):
         self.test_splits: tuple[str, ...] = ("test", TRAIN_COUNTS_TEST) if differs else ("test",)
         self.pools: dict[str, DigitSplit] = {}  # clean digits per split (train/val/test)
         self.fixed: dict[str, DigitSplit] = {}  # pre-rendered images per split (val/test, train if fixed)
+        self.homographies: dict[str, torch.Tensor] = {}  # per fixed image its digit's warp (source_warp data)
         self._on_device: dict[tuple[str, str, str], DigitSplit] = {}
 
     # ---- description of the generated data, read by models and the cache -------------------------
@@ -222,26 +225,36 @@ class DistortedMNIST(L.LightningDataModule):
             return "test", self.distortion.for_split("train")
         return split, self.distortion.for_split(split)
 
-    def render_split(self, split: str, seed: int) -> DigitSplit:
+    def render_split(self, split: str, seed: int) -> dict[str, torch.Tensor]:
         """Render ``split`` once, in chunks, from one CPU generator (device-independent): one image per digit,
-        or ``train_size`` images for the training split (digit i of the pool is image i mod pool size)."""
+        or ``train_size`` images for the training split (image i is digit i mod pool size). ``images`` uint8,
+        ``labels``, and for data with ``source_warp`` each image's ``homography`` (:meth:`source_of`)."""
         source, distortion = self.generator_of(split)
         pool = self.pools[source]
         count = self.train_size if split == "train" and self.train_size else len(pool)
         generator = torch.Generator().manual_seed(seed)
-        images, targets = [], []
+        parts: dict[str, list[torch.Tensor]] = {"images": [], "labels": [], "homography": []}
         for start in range(0, count, RENDER_CHUNK):
             index = torch.arange(start, min(start + RENDER_CHUNK, count)) % len(pool)
             rendered = distortion.render(pool, index, generator)
-            images.append(quantize(rendered.images))
-            targets.append(rendered.targets)
-        return DigitSplit(torch.cat(images), torch.cat(targets))
+            parts["images"].append(quantize(rendered.images))
+            parts["labels"].append(rendered.targets)
+            if rendered.source_homography is not None:
+                parts["homography"].append(rendered.source_homography.float())
+        return {name: torch.cat(tensors) for name, tensors in parts.items() if tensors}
 
     def _fixed_set(self, split: str) -> DigitSplit:
         seed = derive_seed(self.seed, split, "fixed")
         tensors = cached(self.cache_dir, f"{self.name}-{split}", self.dataset_description(split),
-                         lambda: vars(self.render_split(split, seed)))
+                         lambda: self.render_split(split, seed))
+        if "homography" in tensors:
+            self.homographies[split] = tensors["homography"]
         return DigitSplit(tensors["images"], tensors["labels"])
+
+    def source_of(self, split: str, index: torch.Tensor, homography: torch.Tensor) -> Source:
+        """The clean digits of items ``index`` of ``split`` (item i is digit i mod pool size) and their warps."""
+        pool = self._device_copy("pool", self.generator_of(split)[0], index.device)
+        return Source(digits_as_float(pool, index % len(pool)), homography)
 
     # ---- loaders ----------------------------------------------------------------------------------
     def _sampler(self, split: str, batch_size: int, shuffle: bool) -> IndexBatches:
@@ -296,17 +309,24 @@ class DistortedMNIST(L.LightningDataModule):
             self._on_device[key] = DigitSplit(source.images.to(device), source.labels.to(device))
         return self._on_device[key]
 
-    def materialize(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """Batch description -> (float images [B, C, H, W] in [0, 1], targets)."""
+    def materialize(self, batch: dict) -> tuple[torch.Tensor, ...]:
+        """Batch description -> (float images [B, C, H, W] in [0, 1], targets), and a third item, the batch's
+        :class:`~stnbench.source.Source`, for data with ``source_warp``."""
         split, index = batch["split"], batch["index"]
         device = index.device
         if split in self.fixed:
             stored = self._device_copy("fixed", split, device)
-            return stored.images[index].float().div_(255.0), stored.labels[index]
+            images, targets = stored.images[index].float().div_(255.0), stored.labels[index]
+            if split not in self.homographies:
+                return images, targets
+            return images, targets, self.source_of(split, index, self.homographies[split].to(device)[index])
         generator = torch.Generator(device=device).manual_seed(int(batch["seed"]))
         source, distortion = self.generator_of(split)
         rendered = distortion.render(self._device_copy("pool", source, device), index, generator)
-        return quantize(rendered.images).float().div_(255.0), rendered.targets
+        images = quantize(rendered.images).float().div_(255.0)
+        if rendered.source_homography is None:
+            return images, rendered.targets
+        return images, rendered.targets, self.source_of(split, index, rendered.source_homography)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         if isinstance(batch, dict) and "index" in batch:
@@ -317,3 +337,10 @@ class DistortedMNIST(L.LightningDataModule):
         """A fixed handful of evaluation images, e.g. for the TensorBoard image grid."""
         stored = self.fixed[split]
         return stored.images[:count].float().div(255.0), stored.labels[:count]
+
+    def preview_source(self, split: str = "val", count: int = 16) -> Source | None:
+        """The :class:`~stnbench.source.Source` of :meth:`preview`'s images, or None (data without ``source_warp``)."""
+        if split not in self.homographies:
+            return None
+        index = torch.arange(min(count, len(self.fixed[split])))
+        return self.source_of(split, index, self.homographies[split][index])

@@ -24,11 +24,13 @@ PAD = -100  # a sequence target's steps after its end class: F.cross_entropy's d
 @dataclass
 class Rendered:
     """One generated batch: ``images`` float [B, C, H, W] in [0, 1] (background 0), ``targets`` int64
-    [B] (or [B, T] for sequences), and the per-sample ``params`` that produced them."""
+    [B] (or [B, T] for sequences), and the per-sample ``params`` that produced them. A distortion with
+    ``source_warp`` also returns ``source_homography`` [B, 3, 3]: image pixel x reads digit ``index[i]`` at H x."""
 
     images: torch.Tensor
     targets: torch.Tensor
     params: dict[str, torch.Tensor]
+    source_homography: torch.Tensor | None = None
 
 
 def uniform(n: int, low: float, high: float, generator: torch.Generator, device: torch.device) -> torch.Tensor:
@@ -72,6 +74,9 @@ class Distortion:
     num_classes: int = 10
     sequence_length: int | None = None  # prediction steps of a sequence target: digits (+ the end class); None: a label
     end_class: int | None = None  # the class that ends a sequence of variable length (after it: PAD), or None
+    # Each image is digit index[i] sampled through a homography that render returns (Rendered.source_homography):
+    # the data can hand models the clean digit and that warp (stnbench.source.Source; IC-STN starts there).
+    source_warp: bool = False
 
     def render(self, pool: DigitSplit, index: torch.Tensor, generator: torch.Generator) -> Rendered:
         raise NotImplementedError

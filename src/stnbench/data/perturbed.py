@@ -47,17 +47,21 @@ def corners_homography(corners: torch.Tensor, size: int) -> torch.Tensor:
 def warp_to_corners(digits: torch.Tensor, corners: torch.Tensor) -> torch.Tensor:
     """``digits`` [B, C, H, H] as seen through the quads ``corners`` [B, 4, 2]: output corner k reads the
     digit at ``corners[:, k]``; outside the digit reads background (0)."""
-    size = digits.shape[-1]
-    grid = homography_grid(corners_homography(corners, size), size, size)
-    return sample(digits, grid).clamp_(0.0, 1.0)
+    return warp_with(digits, corners_homography(corners, digits.shape[-1]))
+
+
+def warp_with(digits: torch.Tensor, homography: torch.Tensor) -> torch.Tensor:
+    """``digits`` [B, C, H, W] sampled through the sampling homographies [B, 3, 3], at their own size."""
+    return sample(digits, homography_grid(homography, *digits.shape[-2:])).clamp_(0.0, 1.0)
 
 
 class Perturbed(Distortion):
     """Perturbed MNIST, 28x28: a random homography per image (corner noise + a shared translation)."""
 
     name = "perturbed"
-    version = 1
+    version = 2  # 2: the fixed sets also hold each image's homography (the images are version 1's)
     image_size = DIGIT_SIZE
+    source_warp = True  # the clean digit and its homography reach models that read them (the paper's IC-STN)
 
     def __init__(self, corner_sigma: float = 0.25, translation_sigma: float = 0.25) -> None:
         check_normalised_sigma("corner_sigma", corner_sigma)
@@ -74,5 +78,7 @@ class Perturbed(Distortion):
 
     def render(self, pool: DigitSplit, index: torch.Tensor, generator: torch.Generator) -> Rendered:
         params = self.sample_params(len(index), generator, index.device)
-        images = warp_to_corners(digits_as_float(pool, index), params["corners"])
-        return Rendered(images, pool.labels[index], params)
+        digits = digits_as_float(pool, index)
+        homography = corners_homography(params["corners"], digits.shape[-1])
+        images = warp_with(digits, homography)
+        return Rendered(images, pool.labels[index], params, source_homography=homography)

@@ -14,6 +14,11 @@ A model is a ``torch.nn.Module`` that
   ``num_steps`` as a keyword argument of ``forward`` (``model(images, num_steps=T)`` emits T steps;
   :func:`run_model` is how stnbench calls it). A model without it has a fixed head per position and is refused
   test data that needs more steps than it was built for (:func:`check_test_steps`);
+* may start from where the data's images came from (the clean digit and the warp that made the image, a
+  :class:`stnbench.source.Source`, from data with ``source_warp`` such as ``data=perturbed``): it then sets the
+  attribute ``reads_source = True`` and takes ``source`` as a keyword argument of ``forward``
+  (``model(images, source=...)``, :func:`run_model`); with ``source=None`` (images of a user's own) it starts
+  from the image alone. Such a model is refused data that hands no source (:func:`check_source`);
 * if it has a spatial transformer, also returns ``thetas`` [B, S, P] and ``glimpses`` [B, S, C, h, w] and
   exposes ``transform`` (a :class:`stnbench.models.transforms.Transform`, for the zoom metric and pictures);
 * may expose ``localisation_parameters()`` and ``loc_lr_multiplier`` (>= 0): those parameters then train at
@@ -31,6 +36,7 @@ from torch import nn
 
 from stnbench.errors import ConfigError
 from stnbench.models.output import ModelOutput
+from stnbench.source import Source
 
 CONSTRUCTOR_KWARGS = ("input_shape", "num_classes", "num_steps")
 # What to use instead of a model with a fixed head per position, when the test needs more steps.
@@ -62,12 +68,30 @@ def variable_steps(model: nn.Module) -> bool:
     return bool(getattr(model, "variable_steps", False))
 
 
-def run_model(model: nn.Module, images: torch.Tensor, num_steps: int | None = None) -> ModelOutput:
-    """``model(images)``, asking a model with ``variable_steps`` for ``num_steps`` steps (None: its own number);
-    every other model emits the steps it was built for, whatever ``num_steps`` says."""
+def reads_source(model: nn.Module) -> bool:
+    """Whether ``model`` starts from the data's :class:`~stnbench.source.Source` (``forward(..., source=...)``)."""
+    return bool(getattr(model, "reads_source", False))
+
+
+def run_model(model: nn.Module, images: torch.Tensor, num_steps: int | None = None,
+              source: Source | None = None) -> ModelOutput:
+    """``model(images)``, asking a model with ``variable_steps`` for ``num_steps`` steps (None: its own number)
+    and handing a model that ``reads_source`` the batch's ``source``; every other model emits the steps it was
+    built for, whatever ``num_steps`` says, and never sees the source."""
+    kwargs: dict = {}
     if num_steps is not None and variable_steps(model):
-        return model(images, num_steps=num_steps)
-    return model(images)
+        kwargs["num_steps"] = num_steps
+    if source is not None and reads_source(model):
+        kwargs["source"] = source
+    return model(images, **kwargs)
+
+
+def check_source(model: nn.Module, data_has_source: bool, data_name: str) -> None:
+    """A model that starts from the data's source needs data that hands one: one line that says what to change."""
+    if reads_source(model) and not data_has_source:
+        raise ConfigError(f"model {type(model).__name__} starts from the clean digit and the warp that made each "
+                          f"image (model.from_source=true), but data '{data_name}' does not say how its images were "
+                          "made; use data=perturbed, or set model.from_source=false to start from the image alone")
 
 
 def check_test_steps(model: nn.Module, num_steps: int, test_steps: int) -> None:
@@ -150,6 +174,26 @@ def check_model(model: nn.Module, input_shape: tuple[int, int, int], num_classes
         check_test_steps(model, num_steps, test_steps)
         if variable_steps(model):
             _check_steps_on_demand(model, images, test_steps)
+    if reads_source(model):
+        _check_source_input(model, images)
+
+
+def _check_source_input(model: nn.Module, images: torch.Tensor) -> None:
+    """A model that ``reads_source`` takes ``forward(images, source=...)`` and gives logits of the same shape."""
+    eye = torch.eye(3, device=images.device).expand(images.shape[0], 3, 3)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            alone, started = model(images).logits, model(images, source=Source(images, eye)).logits
+    except TypeError as error:
+        raise _fail(model, f"it sets reads_source but forward(images, source=...) failed ({error})",
+                    "take source (a stnbench.source.Source, or None) as a keyword argument of forward") from None
+    finally:
+        model.train(was_training)
+    if alone.shape != started.shape:
+        raise _fail(model, f"forward(images, source=...) gave logits {list(started.shape)}, without a source "
+                    f"{list(alone.shape)}", "emit the same steps with and without a source")
 
 
 def _check_steps_on_demand(model: nn.Module, images: torch.Tensor, steps: int) -> None:

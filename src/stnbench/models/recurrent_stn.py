@@ -27,6 +27,12 @@ glimpse that ends each digit (K = ``glimpses_per_digit`` glimpses per digit), or
 ``loss_at=every_glimpse``, every glimpse (``ModelOutput.glimpse_logits``): the training loss then also
 teaches the intermediate glimpses to show the digit.
 
+Where it samples (``from_source``, IC-STN's setting, ``data=perturbed``): with a
+:class:`stnbench.source.Source` the glimpses are sampled from the clean digit at θ_0^data ∘ θ_t, the warp that
+made the image composed with the model's own, exactly as IC-STN resamples the digit. The recurrence itself
+(its θ_t, the θ it is fed, the image code) stays in the image's frame: the model is never told the
+perturbation, as IC-STN's predictor is not. The returned ``thetas`` are the sampling warps (the digit's frame).
+
 Design of the reduction: with one glimpse (T = 1, K = 1) the encoder and GRU are never used, and the model
 *is* a CNN-STN: ``stn`` (localisation + regressor) and ``classifier`` carry the same names and shapes as in
 ``STClassifier``, so loading an ST-CNN's weights gives identical logits (tested).
@@ -45,8 +51,15 @@ from torch.nn.utils import skip_init
 from stnbench.errors import ConfigError
 from stnbench.models.output import ModelOutput
 from stnbench.models.rnn_stn import check_positive
-from stnbench.models.stn import SpatialTransformer, check_loc_lr_multiplier, identity_regressor
+from stnbench.models.stn import (
+    SpatialTransformer,
+    check_from_source,
+    check_loc_lr_multiplier,
+    identity_regressor,
+    start,
+)
 from stnbench.models.transforms import Transform
+from stnbench.source import Source
 
 THETA_MODES = ("absolute", "composed")
 LOSS_AT = ("last_glimpse", "every_glimpse")
@@ -124,8 +137,9 @@ class RecurrentSTN(nn.Module):
                  loc_lr_multiplier: float = 1.0, num_steps: int = 1, num_glimpses: int | None = None,
                  glimpses_per_digit: int = 1, theta_mode: str = "composed", hidden_size: int = 64,
                  glimpse_feedback: bool = True, context: bool = True, theta_input: bool = True,
-                 loss_at: str = "last_glimpse") -> None:
+                 loss_at: str = "last_glimpse", from_source: bool = False) -> None:
         super().__init__()
+        self.reads_source = check_from_source(from_source, transform)  # the model contract: forward takes source
         if theta_mode not in THETA_MODES:
             raise ConfigError(f"theta_mode must be one of {THETA_MODES}, got '{theta_mode}'")
         if theta_mode == "composed" and not transform.composable:
@@ -184,16 +198,21 @@ class RecurrentSTN(nn.Module):
         steps = self.num_steps if num_steps is None else int(num_steps)
         return torch.arange(steps * self.per_digit, device=device) // self.per_digit
 
-    def forward(self, images: torch.Tensor, num_steps: int | None = None) -> ModelOutput:
-        """Logits [B, T, classes] for T = ``num_steps`` digits (default: the number it was built for)."""
+    def forward(self, images: torch.Tensor, num_steps: int | None = None,
+                source: Source | None = None) -> ModelOutput:
+        """Logits [B, T, classes] for T = ``num_steps`` digits (default: the number it was built for); with a
+        ``source`` (``from_source``), glimpses of the clean digit (module docstring)."""
         steps = self.num_steps if num_steps is None else int(num_steps)
         count = steps * self.per_digit  # glimpses
+        base, origin = start(self.transform, images, source) if self.reads_source and source is not None \
+            else (images, None)
         code = self.stn.localisation(images)
         theta = self.stn.regressor(code)
         thetas, glimpses, state = [], [], None
         for step in range(count):  # inherently sequential: θ_{t+1} may depend on glimpse t
-            glimpse = self.stn.warp(images, theta)
-            thetas.append(theta)
+            sampling = theta if origin is None else self.transform.compose(origin, theta)
+            glimpse = self.stn.warp(base, sampling)
+            thetas.append(sampling)
             glimpses.append(glimpse)
             if step + 1 < count:
                 theta, state = self.next_theta(theta, glimpse, code, state)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from stnbench.data.distortions import ConfigError
+from stnbench.errors import ConfigError
 from stnbench.models.output import ModelOutput
 from stnbench.models.stn import check_loc_lr_multiplier, identity_regressor, output_hw, warp_steps
 from stnbench.models.transforms import Transform

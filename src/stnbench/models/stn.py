@@ -13,11 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stnbench.data.distortions import ConfigError
+from stnbench.errors import ConfigError
 from stnbench.models.classifiers import conv_features, flat_size
 from stnbench.models.output import ModelOutput
 from stnbench.models.transforms import Transform
 from stnbench.sampling import sample
+from stnbench.source import Source
 
 
 class LocalisationCNN(nn.Module):
@@ -176,3 +177,22 @@ class STClassifier(nn.Module):
         warped, thetas = zip(*(stn(images) for stn in self.transformers), strict=True)
         logits = self.classifier(torch.cat(warped, 1)).view(images.shape[0], self.num_steps, self.num_classes)
         return ModelOutput(logits, thetas=torch.stack(thetas, 1), glimpses=torch.stack(warped, 1))
+
+
+def check_from_source(from_source: bool, transform: Transform) -> bool:
+    """``model.from_source``: a bool, and a transform that can hold the data's homography (projective)."""
+    if not isinstance(from_source, bool):
+        raise ConfigError(f"model.from_source must be true or false, got {from_source!r}")
+    if from_source and not hasattr(transform, "params_of"):
+        raise ConfigError(f"model.from_source=true starts from the homography that made each image, which "
+                          f"model/transform={transform.name} cannot hold; use model/transform=projective, or set "
+                          "model.from_source=false to start from the image at the identity")
+    return from_source
+
+
+def start(transform: Transform, images: torch.Tensor, source: Source | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(what the warps sample, θ_0): the source's clean digits at the homography that made ``images``, or,
+    without a source, ``images`` at the identity."""
+    if source is None:
+        return images, transform.identity().to(images).expand(images.shape[0], -1)
+    return source.images.to(images), transform.params_of(source.homography.to(images))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from stnbench.data.distortions import ConfigError
+from stnbench.errors import ConfigError
 from stnbench.sampling import affine_grid, control_grid, homography_grid, tps_grid
 
 
@@ -77,6 +77,11 @@ class Projective(Transform):
     def matrix(params: torch.Tensor) -> torch.Tensor:
         """[B, 8] -> [B, 3, 3] with bottom-right entry 1."""
         return torch.cat([params, torch.ones_like(params[:, :1])], 1).reshape(-1, 3, 3)
+
+    @staticmethod
+    def params_of(matrix: torch.Tensor) -> torch.Tensor:
+        """[B, 3, 3] homographies -> [B, 8] parameters (scaled so the bottom-right entry is 1)."""
+        return (matrix / matrix[:, 2:, 2:]).reshape(-1, 9)[:, :8]
 
     def grid(self, params: torch.Tensor, height: int, width: int) -> torch.Tensor:
         return homography_grid(self.matrix(params), height, width)
