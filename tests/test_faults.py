@@ -113,6 +113,44 @@ def test_a_resume_from_an_epoch_end_checkpoint_trains_no_batch_twice(tmp_path, c
     assert _same_weights(_weights(tmp_path), weights)
 
 
+def as_older_stnbench_wrote_it(path: Path) -> None:
+    """The batch progress of a batch-start checkpoint as stnbench wrote it before: the next batch counted as
+    fetched, once in the epoch's count and twice in the totals (a run resumed once before)."""
+    checkpoint = torch.load(path, weights_only=False)
+    progress = checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]
+    progress["current"]["ready"] += 1
+    progress["total"]["ready"] += 2
+    torch.save(checkpoint, path)
+
+
+@pytest.mark.parametrize("written_by", ["this", "older"])
+def test_a_run_resumed_mid_epoch_and_then_from_an_epoch_end_is_still_the_uninterrupted_run(tmp_path, cache_dir,
+                                                                                         straight, monkeypatch,
+                                                                                         written_by):
+    """A checkpoint written as a batch starts holds the loop progress of the previous batch's end: Lightning
+    has already counted the new batch as fetched there, and that count, carried into the resumed run, made the
+    next resume from an epoch's end train one batch too many (issue 22's seed-2 run: 601 steps in an epoch).
+    One that older stnbench wrote is mended as it loads."""
+    bound = ["trainer.max_epochs=1000", "trainer.max_steps=20"]
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    with monkeypatch.context() as patch, pytest.raises(RunInterrupted, match="at step 4"):
+        add_callbacks(patch, TermAtStep())
+        train(compose_config(RESUMABLE + bound, run_dir=tmp_path, cache=cache_dir))
+    progress = torch.load(last, weights_only=False)["loops"]["fit_loop"]["epoch_loop.batch_progress"]
+    assert progress["total"]["ready"] == progress["total"]["completed"] == 4 and not progress["is_last_batch"]
+    if written_by == "older":
+        as_older_stnbench_wrote_it(last)
+    with monkeypatch.context() as patch, pytest.raises(RuntimeError, match="crashed between epochs"):
+        add_callbacks(patch, CrashAtEpoch(1))
+        train(compose_config(RESUMABLE + bound + [f"ckpt_path={last}"], run_dir=tmp_path, cache=cache_dir))
+    assert torch.load(last, weights_only=False)["global_step"] == 10
+    resumed = train(compose_config(RESUMABLE + bound + [f"ckpt_path={last}"], run_dir=tmp_path, cache=cache_dir))
+    expected, weights = straight
+    assert resumed["status"] == "finished" and resumed["global_step"] == expected["global_step"] == 20
+    assert resumed["val/err_best"] == expected["val/err_best"] and resumed["test/err"] == expected["test/err"]
+    assert _same_weights(_weights(tmp_path), weights)
+
+
 def _wait_for(predicate, timeout: float = 240.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():

@@ -134,12 +134,13 @@ class SafeStops(L.Callback):
     every ``every_minutes`` bounds what a SIGKILL or a power cut can cost.
 
     Checkpoints are written at the start of a training batch, when the previous batch is complete in
-    every piece of state (weights, optimiser, scheduler, loop progress, data position): resuming from
-    one gives exactly the run that was never stopped (the data loader skips the batches already seen,
-    see ``DistortedMNIST``). Lightning's own SIGTERM handling (stop, exit status 0, no checkpoint inside
-    an epoch) is replaced while training runs. A second SIGINT stops at once. Once the run's outcome is
-    being written (``defer``), a signal waits until it is on disk (``deliver_deferred``).
-    """
+    every piece of state (weights, optimiser, scheduler, data position), and the loop progress is saved as it
+    stood at that batch's end (:func:`progress_at_batch_end`): resuming from one gives exactly the run that was
+    never stopped (the data loader skips the batches already seen, see ``DistortedMNIST``), however many times
+    it is resumed, from here or from an epoch's end (tested). Lightning's own SIGTERM handling (stop, exit
+    status 0, no checkpoint inside an epoch) is replaced while training runs. A second SIGINT stops at once.
+    Once the run's outcome is being written (``defer``), a signal waits until it is on disk
+    (``deliver_deferred``)."""
 
     def __init__(self, every_minutes: float | None, run_dir: str | Path) -> None:
         check_checkpoint_minutes(every_minutes)
@@ -151,6 +152,7 @@ class SafeStops(L.Callback):
         self._deferred: int | None = None
         self._last_save = time.monotonic()
         self._previous: dict[int, Any] = {}
+        self._saving = False  # a checkpoint of ours is being written (at a batch's start)
 
     # ---- signals ----------------------------------------------------------------------------------------
     def install(self) -> None:
@@ -212,10 +214,39 @@ class SafeStops(L.Callback):
 
     def save(self, trainer: L.Trainer) -> Path:
         path = self.path
-        trainer.save_checkpoint(path)
+        self._saving = True
+        try:
+            trainer.save_checkpoint(path)
+        finally:
+            self._saving = False
         self._last_save = time.monotonic()
         log.info("Saved a resumable checkpoint at step %d: %s", trainer.global_step, path)
         return path
+
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        if self._saving:
+            progress_at_batch_end(checkpoint)
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        progress_at_batch_end(checkpoint)  # a batch-start checkpoint of older stnbench (before the loops load it)
+
+
+BATCH_PROGRESS = "epoch_loop.batch_progress"
+
+
+def progress_at_batch_end(checkpoint: dict) -> None:
+    """A checkpoint written as a training batch starts: its loop progress as it stood when the previous batch
+    ended. Lightning has already counted the new batch as fetched ("ready") there; a resume would keep that
+    count in its running totals (one more with every such resume), and at the next resume from an epoch's
+    end Lightning, misreading where it stopped, trains one batch too many: the run then differs from the
+    uninterrupted one. Any other checkpoint (no batch fetched and not started) is left as it is."""
+    progress = checkpoint.get("loops", {}).get("fit_loop", {}).get(BATCH_PROGRESS)
+    if progress is None or progress["current"]["ready"] <= progress["current"]["started"]:
+        return
+    for part in ("total", "current"):
+        progress[part]["ready"] = progress[part]["started"]
+    progress["is_last_batch"] = False  # a batch of this epoch was still to come
 
 
 class FitClock(L.Callback):
