@@ -96,3 +96,25 @@ def test_only_training_runs_count_as_unfinished(tmp_path):
     runs = report_module.collect(tmp_path)
     assert list(runs["run_dir"]) == [str(tmp_path / "run-a")]
     assert list(runs["status"]) == ["unfinished"]
+
+
+def test_a_run_training_now_shows_as_running_not_as_its_last_failed_attempt(tmp_path):
+    """A resumed run keeps its earlier attempt's results.json until it ends; while it holds the run lock, the
+    report says it is training, and the lock is only looked at (nothing is created in a finished folder)."""
+    from stnbench.run_folder import LOCK, _lock
+
+    for name in ("resuming", "finished"):
+        (tmp_path / name / ".hydra").mkdir(parents=True)
+        (tmp_path / name / ".hydra" / "config.yaml").write_text("task_name: train\n")
+    (tmp_path / "resuming" / "results.json").write_text(json.dumps({"status": "failed", "error": "an old attempt"}))
+    (tmp_path / "finished" / "results.json").write_text(json.dumps({"status": "finished", "test/err": 1.0}))
+    held = _lock(tmp_path / "resuming")
+    try:
+        runs = report_module.collect(tmp_path).set_index("run_dir")
+        assert runs.loc[str(tmp_path / "resuming"), "status"] == "running"
+        assert "training now" in runs.loc[str(tmp_path / "resuming"), "error"]
+        assert runs.loc[str(tmp_path / "finished"), "status"] == "finished"
+        assert not (tmp_path / "finished" / LOCK).exists()
+    finally:
+        held.close()
+    assert report_module.collect(tmp_path).set_index("run_dir").loc[str(tmp_path / "resuming"), "status"] == "failed"

@@ -33,6 +33,7 @@ from stnbench.identity import ABSENT, Run, comparable, differences
 from stnbench.identity import set_keys as command_keys
 from stnbench.published import lookup, setting_differences
 from stnbench.records import checkpoint_dir, read_results, stored_command, stored_config
+from stnbench.run_folder import is_training
 
 log = logging.getLogger("stnbench")
 # Data with an end class (sequences of variable length): the count error, and where the test images hold other
@@ -108,6 +109,8 @@ def _run_rows(root: Path) -> list[dict]:
         if results is None:
             results = ({"status": "failed", "error": "unreadable results.json"} if (folder / "results.json").exists()
                        else {"status": "unfinished", "error": "no results.json (interrupted or still running)"})
+        if results.get("status") != "finished" and is_training(folder):  # its results.json is an earlier attempt's
+            results = {**results, "status": "running", "error": "training now; run the report again when it ends"}
         rows.append({
             "run_dir": str(folder),
             "data": results.get("choice/data"),

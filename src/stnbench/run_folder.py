@@ -131,6 +131,22 @@ def restore_finished(folder: Path) -> None:
     log.warning("Restored the finished run's checkpoints in %s (an attempt over it did not finish)", folder)
 
 
+def is_training(folder: Path) -> bool:
+    """Whether a process holds ``folder``'s run lock now, so it is training (or resuming) there. Only reads:
+    no lock file is made where there is none, and the lock is let go at once."""
+    try:
+        handle = open(folder / LOCK, "rb")  # noqa: SIM115 - closed below
+    except OSError:
+        return False
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return False
+
+
 def _lock(folder: Path) -> Any | None:
     """An exclusive lock on ``<folder>/.lock`` (released by the OS if the process dies), or None if taken.
 
