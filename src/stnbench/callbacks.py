@@ -216,7 +216,7 @@ class SafeStops(L.Callback):
         path = self.path
         self._saving = True
         try:
-            trainer.save_checkpoint(path)
+            trainer.save_checkpoint(path, weights_only=False)  # the whole state (and no log line saying so)
         finally:
             self._saving = False
         self._last_save = time.monotonic()

@@ -38,6 +38,13 @@ def quiet_lightning() -> None:
     # (STNBenchModule._log_short_epochs); Lightning's advice to lower log_every_n_steps would repeat it.
     warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than the "
                             r"logging interval")
+    # A resume continues in its own run folder (stnbench.run_folder decides who may write there), so that its
+    # checkpoint and log folders are not empty is what a resume means.
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+    warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
+    # Resumed from an epoch-end checkpoint, Lightning replays that epoch's end before any validation has run in
+    # this process, and ModelCheckpoint finds no metric there; after a validation a missing key is an error.
+    warnings.filterwarnings("ignore", message=r"`ModelCheckpoint\(monitor=.*\)` could not find the monitored key")
 
 
 def errors_text(results: dict) -> str:
