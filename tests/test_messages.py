@@ -258,7 +258,7 @@ def test_the_predict_usage_names_its_input_key():
     assert usage.startswith("usage: stnbench-predict ckpt_path=") and " input=<" in usage and "images=" not in text
 
 
-@pytest.mark.parametrize("command", ["train", "eval", "gallery", "report"])
+@pytest.mark.parametrize("command", ["train", "eval", "gallery", "report", "predict"])
 def test_a_command_module_imports_neither_torch_nor_lightning(command):
     """A mistyped command line is answered before torch is imported (about a second), by every command that
     can: the models, data and pictures are imported where a command uses them."""

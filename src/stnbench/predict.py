@@ -15,19 +15,23 @@ import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
 import numpy as np
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
 
 from stnbench.cli_help import run_command
 from stnbench.errors import USER_ERRORS, ConfigError
 from stnbench.records import CONFIG_KEY, load_checkpoint
 
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+# torch is imported where a function uses it, not with this module: a mistyped stnbench-predict command line
+# is answered before torch loads (tests/test_messages.py).
 log = logging.getLogger("stnbench")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
@@ -87,6 +91,8 @@ def labels_from_logits(logits: torch.Tensor, sequence_length: int | None, end_cl
 
 # ---- inputs ----------------------------------------------------------------------------------------
 def _as_float(array: np.ndarray, source: str) -> torch.Tensor:
+    import torch
+
     tensor = torch.from_numpy(np.ascontiguousarray(array))
     if tensor.dtype == torch.uint8:
         return tensor.float() / 255.0
@@ -111,6 +117,8 @@ def _read_image(path: Path) -> torch.Tensor:
 
 def read_inputs(source: str | Path, input_shape: tuple[int, int, int]) -> tuple[list[str], torch.Tensor]:
     """(names, images [N, C, H, W]) from a .npy file, one image file, or a folder of image files."""
+    import torch
+
     path = Path(source).expanduser()
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -142,14 +150,16 @@ def read_inputs(source: str | Path, input_shape: tuple[int, int, int]) -> tuple[
 
 
 # ---- prediction ------------------------------------------------------------------------------------
-@torch.no_grad()
 def predict(loaded: LoadedModel, images: torch.Tensor, batch_size: int = 256) -> tuple[list[str], torch.Tensor,
                                                                                            torch.Tensor | None]:
     """(labels, confidence of each label, glimpses [N, S, C, h, w] or None) for images [N, C, H, W]."""
+    import torch
+
     device = next(loaded.model.parameters()).device
     labels, confidences, glimpses = [], [], []
     for start in range(0, len(images), batch_size):
-        output = loaded.model(images[start:start + batch_size].to(device))
+        with torch.no_grad():
+            output = loaded.model(images[start:start + batch_size].to(device))
         steps = loaded.sequence_length or 1
         read_steps = output.logits[:, :steps] if loaded.end_class is not None else output.logits[:, -steps:]
         chance, chosen = read_steps.softmax(-1).max(-1)
@@ -195,6 +205,7 @@ def glimpse_file_names(names: list[str]) -> list[str]:
 def save_glimpses(folder: Path, names: list[str], inputs: torch.Tensor, glimpses: torch.Tensor) -> list[Path]:
     """One PNG per image (see :func:`glimpse_file_names`): the input, then each glimpse the transformer sampled,
     upscaled to the input's size."""
+    import torch
     from torchvision.utils import save_image
 
     folder.mkdir(parents=True, exist_ok=True)
