@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from stnbench.config_checks import check_config  # noqa: F401 (re-exported for the entry points)
 from stnbench.data.datamodule import DistortedMNIST
 from stnbench.errors import USER_ERRORS, CheckpointError, ConfigError
+from stnbench.models.contract import parameter_count  # noqa: F401 (re-exported for the entry points)
 from stnbench.module import STNBenchModule
 from stnbench.records import CONFIG_KEY, load_checkpoint, write_json  # noqa: F401 (re-exported)
 
@@ -72,10 +73,6 @@ def build_module(cfg: DictConfig, datamodule: DistortedMNIST) -> STNBenchModule:
                             channels_last=bool(cfg.get("channels_last", False)))
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
     return module
-
-
-def parameter_count(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def key_choices(cfg: DictConfig) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 
 from stnbench.config_checks import check_checkpoint_minutes, check_divergence
 from stnbench.errors import Diverged, RunInterrupted
+from stnbench.models.contract import parameter_count
 from stnbench.records import last_checkpoint
 
 log = logging.getLogger("stnbench")
@@ -35,7 +36,7 @@ class EpochSummary(L.Callback):
         if not trainer.is_global_zero:
             return
         model = getattr(pl_module, "model", pl_module)
-        total = sum(p.numel() for p in model.parameters())
+        total = parameter_count(model)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         log.info("model %s: %s parameters%s", type(model).__name__, f"{total:,}",
                  "" if trainable == total else f" ({trainable:,} trainable)")

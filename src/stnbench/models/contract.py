@@ -68,6 +68,11 @@ def variable_steps(model: nn.Module) -> bool:
     return bool(getattr(model, "variable_steps", False))
 
 
+def parameter_count(model: nn.Module) -> int:
+    """All of a model's parameters, trainable or not: the count results.json, the report and the console give."""
+    return sum(p.numel() for p in model.parameters())
+
+
 def reads_source(model: nn.Module) -> bool:
     """Whether ``model`` starts from the data's :class:`~stnbench.source.Source` (``forward(..., source=...)``)."""
     return bool(getattr(model, "reads_source", False))
