@@ -92,19 +92,24 @@ class CrashAtEpoch(Callback):
             raise RuntimeError("crashed between epochs")
 
 
-@pytest.mark.parametrize("bound", [[], ["trainer.max_epochs=1000", "trainer.max_steps=20"]],
-                         ids=["epochs", "steps"])
+@pytest.mark.parametrize("bound, drifted", [([], False), (["trainer.max_epochs=1000", "trainer.max_steps=20"], False),
+                                            (["trainer.max_epochs=1000", "trainer.max_steps=20"], True)],
+                         ids=["epochs", "steps", "steps-older-totals"])
 def test_a_resume_from_an_epoch_end_checkpoint_trains_no_batch_twice(tmp_path, cache_dir, straight, monkeypatch,
-                                                                     bound):
+                                                                     bound, drifted):
     """The last.ckpt that ModelCheckpoint writes at an epoch's end (after its validation) has that epoch's
     batches all completed: the resumed run starts the next epoch at its first batch, with no extra step,
-    whether epochs or steps bound the training (Lightning restarts the two differently)."""
+    whether epochs or steps bound the training (Lightning restarts the two differently), and also from a
+    checkpoint whose running totals older stnbench let drift (a run resumed before from a batch-start one)."""
     cfg = compose_config(RESUMABLE + bound, run_dir=tmp_path, cache=cache_dir)
     with monkeypatch.context() as patch, pytest.raises(RuntimeError, match="crashed between epochs"):
         add_callbacks(patch, CrashAtEpoch(1))
         train(cfg)
     checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
     assert checkpoint["global_step"] == 10 and checkpoint["epoch"] == 0  # the end of the first epoch
+    if drifted:
+        checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["ready"] += 1
+        torch.save(checkpoint, tmp_path / "checkpoints" / "last.ckpt")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         resumed = train(compose_config(RESUMABLE + bound + [f"ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}"],

@@ -230,7 +230,7 @@ class SafeStops(L.Callback):
             progress_at_batch_end(checkpoint)
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
-        progress_at_batch_end(checkpoint)  # a batch-start checkpoint of older stnbench (before the loops load it)
+        progress_at_batch_end(checkpoint)  # one that older stnbench wrote (before the loops load it)
 
 
 BATCH_PROGRESS = "epoch_loop.batch_progress"
@@ -241,13 +241,16 @@ def progress_at_batch_end(checkpoint: dict) -> None:
     ended. Lightning has already counted the new batch as fetched ("ready") there; a resume would keep that
     count in its running totals (one more with every such resume), and at the next resume from an epoch's
     end Lightning, misreading where it stopped, trains one batch too many: the run then differs from the
-    uninterrupted one. Any other checkpoint (no batch fetched and not started) is left as it is."""
+    uninterrupted one. Totals that older stnbench let drift so are mended in any checkpoint (fetched and
+    started batches differ by what the epoch's own count says, 0 between batches)."""
     progress = checkpoint.get("loops", {}).get("fit_loop", {}).get(BATCH_PROGRESS)
-    if progress is None or progress["current"]["ready"] <= progress["current"]["started"]:
+    if progress is None:
         return
-    for part in ("total", "current"):
-        progress[part]["ready"] = progress[part]["started"]
-    progress["is_last_batch"] = False  # a batch of this epoch was still to come
+    current, total = progress["current"], progress["total"]
+    if current["ready"] > current["started"]:  # written as a batch starts: that batch was not fetched yet
+        current["ready"] = current["started"]
+        progress["is_last_batch"] = False  # a batch of this epoch was still to come
+    total["ready"] = total["started"] + current["ready"] - current["started"]
 
 
 class FitClock(L.Callback):
