@@ -80,7 +80,7 @@ def scripted(cfg, run_dir):
         raise SystemExit(143)
     if mode == "ctrl_c":  # Ctrl-C before the job could record anything
         Path("interrupted_once").touch()
-        os.kill(os.getpid(), signal.SIGINT)
+        signal.raise_signal(signal.SIGINT)  # delivered to this (the main) thread now: no wait, not timing-bound
         time.sleep(10)
     value = objective(cfg, mode)
     record_outcome("pruned" if mode == "prune" else "finished", value, run_dir)

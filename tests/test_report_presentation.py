@@ -182,8 +182,8 @@ def test_report_md_embeds_its_pictures_with_relative_links(tmp_path, st_model, m
     _fake_run(tmp_path, "rotated-cnn-s1", best_checkpoint=True)
     _fake_run(tmp_path, "rotated-st_cnn-affine-s1", model="st_cnn", transform="affine", best_checkpoint=True)
     monkeypatch.setattr(glimpses, "load_model", lambda path: st_model if "st_cnn" in str(path) else NoTransformer())
-    monkeypatch.setattr(glimpses, "reference_batch", lambda runs, count, **options: (
-        torch.rand(count, 1, 28, 28), torch.arange(count) % 10))
+    monkeypatch.setattr(glimpses, "reference_inputs", lambda runs, count, **options: (
+        torch.rand(count, 1, 28, 28), torch.arange(count) % 10, None))  # images, labels, no source
     result = report_module.report(tmp_path)
     assert tmp_path / "glimpses" / "rotated-st_cnn-affine-s1.png" in result["written"]
     markdown = (tmp_path / "report.md").read_text()

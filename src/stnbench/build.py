@@ -61,7 +61,7 @@ def build_model(model_cfg: DictConfig | dict, datamodule: DistortedMNIST) -> tor
                          num_classes=distortion.num_classes, num_steps=num_steps)
     check_model(model, datamodule.image_shape, num_classes=distortion.num_classes, num_steps=num_steps,
                 test_steps=test_steps)
-    check_source(model, distortion.source_warp, datamodule.name)
+    check_source(model, distortion.source_warp, getattr(datamodule, "name", distortion.name))
     return model
 
 
