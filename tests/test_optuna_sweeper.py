@@ -122,6 +122,12 @@ hydra:
 '''
 
 
+def default_sigint() -> None:
+    """The app's Ctrl-C acts as in a terminal, however pytest was started: a shell without job control starts
+    background commands with SIGINT ignored, and a child inherits that (Python then installs no handler)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_app(tmp_path: Path, *args: str, returncode: int = 0) -> subprocess.CompletedProcess:
     app_dir = tmp_path / "app"
     app_dir.mkdir(exist_ok=True)
@@ -129,7 +135,7 @@ def run_app(tmp_path: Path, *args: str, returncode: int = 0) -> subprocess.Compl
     (app_dir / "config.yaml").write_text(textwrap.dedent(CONFIG).format(sweep_dir=tmp_path / "sweep"))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}
     result = subprocess.run([sys.executable, str(app_dir / "app.py"), "-m", *args], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=240)
+                            capture_output=True, text=True, timeout=240, preexec_fn=default_sigint)
     assert result.returncode == returncode, result.stderr[-3000:]
     return result
 
