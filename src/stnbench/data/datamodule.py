@@ -180,6 +180,7 @@ class DistortedMNIST(L.LightningDataModule):
         self.fixed: dict[str, DigitSplit] = {}  # pre-rendered images per split (val/test, train if fixed)
         self.homographies: dict[str, torch.Tensor] = {}  # per fixed image its digit's warp (source_warp data)
         self._on_device: dict[tuple[str, str, str], DigitSplit] = {}
+        self._homographies_on_device: dict[tuple[str, str], torch.Tensor] = {}
 
     # ---- description of the generated data, read by models and the cache -------------------------
     @property
@@ -309,6 +310,13 @@ class DistortedMNIST(L.LightningDataModule):
             self._on_device[key] = DigitSplit(source.images.to(device), source.labels.to(device))
         return self._on_device[key]
 
+    def _device_homographies(self, split: str, device: torch.device) -> torch.Tensor:
+        """A fixed split's homographies on ``device``, moved there once (as ``_device_copy`` does the images)."""
+        key = (split, str(device))
+        if key not in self._homographies_on_device:
+            self._homographies_on_device[key] = self.homographies[split].to(device)
+        return self._homographies_on_device[key]
+
     def materialize(self, batch: dict) -> tuple[torch.Tensor, ...]:
         """Batch description -> (float images [B, C, H, W] in [0, 1], targets), and a third item, the batch's
         :class:`~stnbench.source.Source`, for data with ``source_warp``."""
@@ -319,7 +327,7 @@ class DistortedMNIST(L.LightningDataModule):
             images, targets = stored.images[index].float().div_(255.0), stored.labels[index]
             if split not in self.homographies:
                 return images, targets
-            return images, targets, self.source_of(split, index, self.homographies[split].to(device)[index])
+            return images, targets, self.source_of(split, index, self._device_homographies(split, device)[index])
         generator = torch.Generator(device=device).manual_seed(int(batch["seed"]))
         source, distortion = self.generator_of(split)
         rendered = distortion.render(self._device_copy("pool", source, device), index, generator)
