@@ -24,6 +24,7 @@ from omegaconf import open_dict
 
 from stnbench.build import build_datamodule, build_model, parameter_count
 from stnbench.data.datamodule import derive_seed
+from stnbench.models.contract import run_model
 from stnbench.module import classification_loss, step_logits
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -65,8 +66,8 @@ def seconds_per_step(model_name: str, schedule: str, steps: int, batch_size: int
     times = []
     for number in range(3 + steps):
         start = time.perf_counter()
-        images, targets = batch(number)
-        output = model(images)
+        images, targets, *source = batch(number)   # data with a source (perturbed) hands a third item
+        output = run_model(model, images, source=source[0] if source else None)
         loss = classification_loss(output, targets, step_logits(output, targets))
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
@@ -81,7 +82,7 @@ def seconds_per_step(model_name: str, schedule: str, steps: int, batch_size: int
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated model options")
-    parser.add_argument("--experiment", default="seed_hypothesis", help="seed_hypothesis or sonderby_multi_digit")
+    parser.add_argument("--experiment", default="seed_hypothesis", help="seed_hypothesis, sonderby_multi_digit, perturbed")
     parser.add_argument("--schedule", default="seed_hypothesis", help="seed_hypothesis (CPU size), paper, ...")
     parser.add_argument("--steps", type=int, default=15, help="timed steps per model (after 3 warm-up steps)")
     parser.add_argument("--batch-size", type=int, default=None, help="default: the schedule's")
