@@ -249,3 +249,33 @@ def test_the_optuna_plots_ship_with_the_package():
     assert Path(plots.__file__).parent == Path(report_module.__file__).parent
     script = (Path(__file__).resolve().parents[1] / "scripts" / "optuna_plots.py").read_text()
     assert "from stnbench.optuna_plots import main" in script
+
+
+def test_validation_curves_keep_their_legend_below_and_their_tail_readable(tmp_path, monkeypatch):
+    """Curves from chance (~90 %) to a few % get a log axis, and the legend sits outside the panel."""
+    saved = []
+    save = matplotlib.figure.Figure.savefig
+
+    def keep(self, *args, **kwargs):
+        saved.append(self)
+        return save(self, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", keep)
+    curves = {"a": [(500, 10.0, 90.0), (1000, 20.0, 12.0), (1500, 30.0, 3.0)],
+              "b": [(500, 11.0, 40.0), (1000, 21.0, 38.0), (1500, 31.0, 36.0)]}
+    monkeypatch.setattr(report_module, "validation_curve", lambda run_dir: curves[run_dir])
+    runs = pd.DataFrame({"data": ["rotated", "rts"], "model": ["cnn", "cnn"], "configuration": ["", ""],
+                         "label": ["cnn", "cnn"], "run_dir": ["a", "b"], "test/err": [3.0, 36.0]})
+    monkeypatch.setattr(report_module, "_tested", lambda frame: frame)
+    monkeypatch.setattr(report_module, "configuration_names", lambda frame: {})
+    assert report_module.plot_validation(runs, tmp_path / "val_error.png") == 2
+    [figure] = saved
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    wide, narrow = figure.axes
+    assert wide.get_yscale() == "log" and narrow.get_yscale() == "linear"  # 90 -> 3 spans 30x, 40 -> 36 does not
+    for axes in figure.axes:
+        assert not axes.get_legend().get_window_extent(renderer).overlaps(axes.get_window_extent(renderer))

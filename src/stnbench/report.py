@@ -490,6 +490,20 @@ def validation_curve(run_dir: str | Path) -> list[tuple[int, float, float]]:
     return []
 
 
+def _log_scale_if_wide(ax) -> None:
+    """A log error axis where the curves span more than a factor of 5 (chance at the start, a few % at the
+    end), so that the last epochs, where the runs of a study differ, are not squeezed against the floor."""
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
+    ys = [y for line in ax.get_lines() for y in line.get_ydata() if y > 0]
+    if not ys or max(ys) / min(ys) <= 5:
+        return
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(ScalarFormatter())
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
 def plot_validation(runs: pd.DataFrame, path: Path, against: str = "step") -> int:
     """Validation error of every finished run against optimiser steps or wall-clock seconds (where a faster
     model shows as faster), one panel per dataset, one colour per configuration."""
@@ -521,10 +535,12 @@ def plot_validation(runs: pd.DataFrame, path: Path, against: str = "step") -> in
         ax.set_title(data)
         ax.set_xlabel("step" if against == "step" else "seconds of fitting")
         ax.set_ylabel("validation error %")
+        ax.locator_params(axis="x", nbins=5)  # five-digit step counts side by side run into each other
+        _log_scale_if_wide(ax)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+            # below the panel: inside it, the legend covers the first epochs' points of long labels
+            ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return curves
 
