@@ -82,7 +82,8 @@ def seconds_per_step(model_name: str, schedule: str, steps: int, batch_size: int
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated model options")
-    parser.add_argument("--experiment", default="seed_hypothesis", help="seed_hypothesis, sonderby_multi_digit, perturbed")
+    parser.add_argument("--experiment", default="seed_hypothesis",
+                        help="seed_hypothesis, sonderby_multi_digit, perturbed, ...")
     parser.add_argument("--schedule", default="seed_hypothesis", help="seed_hypothesis (CPU size), paper, ...")
     parser.add_argument("--steps", type=int, default=15, help="timed steps per model (after 3 warm-up steps)")
     parser.add_argument("--batch-size", type=int, default=None, help="default: the schedule's")
