@@ -51,6 +51,15 @@ def test_a_building_block_is_not_an_option():
     assert line.startswith("data=_datamodule: _datamodule is a building block") and "rts" in line
 
 
+@pytest.mark.parametrize("args", [["schedule=null"], ["-m", "schedule=null,fast"]])
+def test_a_group_set_to_null_is_one_line_that_names_the_way_to_drop_it(args):
+    """Hydra answers ``group=null`` with a ValueError traceback; ``~group`` is how a group is left out."""
+    message, handed_over = run("train", *args)
+    line = only_line(message)
+    assert not handed_over
+    assert "not null" in line and "~schedule" in line and "perturbed_cpu" in line
+
+
 @pytest.mark.parametrize("args, fix", [
     (["trainer.max_epoch=1"], "did you mean trainer.max_epochs=1?"),
     (["trainr.max_epochs=1"], "did you mean trainer.max_epochs=1?"),

@@ -209,7 +209,7 @@ def command_line_errors(config_name: str, args: list[str], run: bool = True) -> 
     except HydraException:
         return [_parse_error(parser, override) for override in overrides if _parse_error(parser, override)]
     groups = config_groups()
-    errors = [e for o in parsed for e in [_building_block(o, groups)] if e]
+    errors = [e for o in parsed for e in [_building_block(o, groups) or _null_option(o, groups)] if e]
     if errors:
         return errors
     try:
@@ -263,6 +263,20 @@ def _building_block(override: Any, groups: dict[str, list[str]]) -> str | None:
             return (f"{override.input_line}: {value} is a building block of the {group} options, not an option; "
                     f"options: {', '.join(groups[group])}")
     return None
+
+
+def _null_option(override: Any, groups: dict[str, list[str]]) -> str | None:
+    """``schedule=null``: Hydra takes no null for a group on the command line (a traceback); ``~group`` drops one."""
+    group = override.key_or_group
+    if group not in groups or override.is_delete():
+        return None
+    if override.is_discrete_sweep() and override.value_type.name != "GLOB_CHOICE_SWEEP":
+        if all(value is not None for value in override.sweep_iterator()):
+            return None
+    elif override.is_sweep_override() or override.value() is not None:
+        return None
+    return (f"{override.input_line}: a config group takes one of its options, not null; to go without one, drop it "
+            f"with ~{group} (options: {', '.join(groups[group])})")
 
 
 def _values(override: Any) -> list[str]:
