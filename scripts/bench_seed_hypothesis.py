@@ -8,6 +8,8 @@ backward, Adam step), timed after 3 warm-up steps; parameters from the built mod
     python scripts/bench_seed_hypothesis.py --schedule paper --steps 8   # the full-size task (3 digits, 100x100)
     OMP_NUM_THREADS=1 python scripts/bench_seed_hypothesis.py --experiment sonderby_multi_digit \
         --schedule sonderby_cpu --models sonderby_rnn_spn --steps 20 model.glimpse_feedback=true   # issue 22
+    OMP_NUM_THREADS=1 python scripts/bench_seed_hypothesis.py --experiment scattered --schedule none \
+        --models recurrent_stn,recurrent_stn_no_feedback,sonderby_rnn_spn --steps 15   # issue 23
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ MODELS = ("cnn", "st_cnn", "rnn_stn", "recurrent_stn", "recurrent_stn_no_feedbac
 
 def compose_cfg(model: str, schedule: str, batch_size: int | None, extra: list[str],
                 experiment: str = "seed_hypothesis"):
-    overrides = [f"experiment={experiment}", f"model={model}", f"schedule={schedule}", *extra]
+    schedules = [f"schedule={schedule}"] if schedule != "none" else []
+    overrides = [f"experiment={experiment}", f"model={model}", *schedules, *extra]
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
@@ -84,7 +87,8 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated model options")
     parser.add_argument("--experiment", default="seed_hypothesis",
                         help="seed_hypothesis, sonderby_multi_digit, perturbed, ...")
-    parser.add_argument("--schedule", default="seed_hypothesis", help="seed_hypothesis (CPU size), paper, ...")
+    parser.add_argument("--schedule", default="seed_hypothesis",
+                        help="seed_hypothesis (CPU size), paper, ...; none: the experiment's own")
     parser.add_argument("--steps", type=int, default=15, help="timed steps per model (after 3 warm-up steps)")
     parser.add_argument("--batch-size", type=int, default=None, help="default: the schedule's")
     parser.add_argument("overrides", nargs="*", help="more Hydra overrides, e.g. model.glimpses_per_digit=2")
