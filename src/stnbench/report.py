@@ -23,6 +23,7 @@ import argparse
 import json
 import logging
 import math
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -518,8 +519,9 @@ def plot_validation(runs: pd.DataFrame, path: Path, against: str = "step") -> in
                                       for r in finished.itertuples()])
     datasets = list(dict.fromkeys(finished["data"]))
     panels = max(1, len(datasets))
-    fig, axes = plt.subplots(1, panels, figsize=(4.5 * panels, 3.5), squeeze=False)
     colours = {label: f"C{i % 10}" for i, label in enumerate(dict.fromkeys(finished["label"]))}
+    # taller by a line per legend entry, which sits below the panel
+    fig, axes = plt.subplots(1, panels, figsize=(4.5 * panels, 3.5 + 0.2 * len(colours)), squeeze=False)
     curves = 0
     for ax, data in zip(axes[0], datasets, strict=False):
         seen = set()
@@ -540,6 +542,9 @@ def plot_validation(runs: pd.DataFrame, path: Path, against: str = "step") -> in
         if ax.get_legend_handles_labels()[0]:
             # below the panel: inside it, the legend covers the first epochs' points of long labels
             ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
+    with warnings.catch_warnings():  # a legend wider than the panels: tight_layout gives up, bbox_inches copes
+        warnings.filterwarnings("ignore", "Tight layout not applied", UserWarning)
+        fig.tight_layout()  # spacing between the panels; bbox_inches takes in the legends below them
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return curves
