@@ -265,12 +265,17 @@ def _building_block(override: Any, groups: dict[str, list[str]]) -> str | None:
     return None
 
 
+def _listed_sweep(override: Any) -> bool:
+    """A sweep that lists its choices (``a,b``, ``choice(a,b)``): not a glob, range or interval."""
+    return override.is_discrete_sweep() and override.value_type.name != "GLOB_CHOICE_SWEEP"
+
+
 def _null_option(override: Any, groups: dict[str, list[str]]) -> str | None:
     """``schedule=null``: Hydra takes no null for a group on the command line (a traceback); ``~group`` drops one."""
     group = override.key_or_group
     if group not in groups or override.is_delete():
         return None
-    if override.is_discrete_sweep() and override.value_type.name != "GLOB_CHOICE_SWEEP":
+    if _listed_sweep(override):
         if all(value is not None for value in override.sweep_iterator()):
             return None
     elif override.is_sweep_override() or override.value() is not None:
@@ -281,7 +286,7 @@ def _null_option(override: Any, groups: dict[str, list[str]]) -> str | None:
 
 def _values(override: Any) -> list[str]:
     """A group override's choices as strings (a sweep's every choice); [] for null, globs, intervals."""
-    if override.is_discrete_sweep() and override.value_type.name != "GLOB_CHOICE_SWEEP":
+    if _listed_sweep(override):
         return [str(v) for v in override.sweep_iterator()]
     value = override.value()
     return [value] if isinstance(value, str) else []
@@ -291,7 +296,7 @@ def _composable(override: Any, multirun: bool) -> str | None:
     """The override as a single run composes it: a sweep's first choice (None: a sweep that has none)."""
     if not multirun or not override.is_sweep_override():
         return override.input_line
-    if override.is_discrete_sweep() and override.value_type.name != "GLOB_CHOICE_SWEEP":
+    if _listed_sweep(override):
         return f"{override.get_key_element()}={next(iter(override.sweep_string_iterator()))}"
     return None
 
