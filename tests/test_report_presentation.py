@@ -105,8 +105,9 @@ def test_the_console_never_cuts_a_configuration(tmp_path, capsys):
     assert sorted(c.replace(" ", "") for c in cells) == sorted(n.replace(" ", "") for n in names)
 
 
-def test_the_test_error_legend_sits_outside_the_axes(tmp_path, monkeypatch):
-    """The legend must not cover the bars or the black ticks of the published numbers."""
+@pytest.fixture
+def saved_figures(monkeypatch) -> list:
+    """Every figure the report saves, kept open to be measured."""
     saved = []
     save = matplotlib.figure.Figure.savefig
 
@@ -115,17 +116,27 @@ def test_the_test_error_legend_sits_outside_the_axes(tmp_path, monkeypatch):
         return save(self, *args, **kwargs)
 
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", keep)
+    return saved
+
+
+def _renderer(figure):
+    """The figure was closed after saving: draw it again to measure it."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    return canvas.get_renderer()
+
+
+def test_the_test_error_legend_sits_outside_the_axes(tmp_path, saved_figures):
+    """The legend must not cover the bars or the black ticks of the published numbers."""
     table = pd.DataFrame({"data": ["rotated", "rotated", "rts", "rts"], "model": ["cnn", "st_cnn-affine"] * 2,
                           "configuration": ["", "optimizer.lr=0.003", "", "optimizer.lr=0.003"],
                           "test_err_mean": [1.3, 0.8, 1.0, 0.6], "test_err_std": [0.1, None, 0.2, 0.1],
                           "published_err": [1.2, 0.7, 0.8, 0.5]})
     report_module.plot_test_error(table, tmp_path / "test_error.png")
-    [figure] = saved
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    canvas = FigureCanvasAgg(figure)  # the figure was closed after saving: draw it again to measure it
-    canvas.draw()
-    renderer = canvas.get_renderer()
+    [figure] = saved_figures
+    renderer = _renderer(figure)
     [axes] = figure.axes
     legend = axes.get_legend() or figure.legends[0]
     assert not legend.get_window_extent(renderer).overlaps(axes.get_window_extent(renderer))
@@ -251,16 +262,8 @@ def test_the_optuna_plots_ship_with_the_package():
     assert "from stnbench.optuna_plots import main" in script
 
 
-def test_validation_curves_keep_their_legend_below_and_their_tail_readable(tmp_path, monkeypatch):
+def test_validation_curves_keep_their_legend_below_and_their_tail_readable(tmp_path, monkeypatch, saved_figures):
     """Curves from chance (~90 %) to a few % get a log axis, and the legend sits outside the panel."""
-    saved = []
-    save = matplotlib.figure.Figure.savefig
-
-    def keep(self, *args, **kwargs):
-        saved.append(self)
-        return save(self, *args, **kwargs)
-
-    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", keep)
     curves = {"a": [(500, 10.0, 90.0), (1000, 20.0, 12.0), (1500, 30.0, 3.0)],
               "b": [(500, 11.0, 40.0), (1000, 21.0, 38.0), (1500, 31.0, 36.0)]}
     monkeypatch.setattr(report_module, "validation_curve", lambda run_dir: curves[run_dir])
@@ -269,12 +272,8 @@ def test_validation_curves_keep_their_legend_below_and_their_tail_readable(tmp_p
     monkeypatch.setattr(report_module, "_tested", lambda frame: frame)
     monkeypatch.setattr(report_module, "configuration_names", lambda frame: {})
     assert report_module.plot_validation(runs, tmp_path / "val_error.png") == 2
-    [figure] = saved
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    canvas = FigureCanvasAgg(figure)
-    canvas.draw()
-    renderer = canvas.get_renderer()
+    [figure] = saved_figures
+    renderer = _renderer(figure)
     wide, narrow = figure.axes
     assert wide.get_yscale() == "log" and narrow.get_yscale() == "linear"  # 90 -> 3 spans 30x, 40 -> 36 does not
     for axes in figure.axes:
