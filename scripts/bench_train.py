@@ -3,10 +3,12 @@ For every model on its usual dataset, in one process:
 
 * framework / plain: ``stnbench-train``'s own loop (Lightning, the LightningModule, callbacks and logger as a run
   has them; start-up and validation excluded: timed from batch start to batch start) against a plain PyTorch
-  loop with the same settings (render the batch with the data module, forward, backward, Adam step;
-  channels_last and fused Adam as the run's config has them). The two are interleaved, one of each per round,
-  over ``--rounds`` rounds; the table gives the median img/s of each, the median of the per-round ratios and
-  their spread (min - max), because two single measurements on a 2-core machine can differ by 30 %;
+  loop with the same settings (render the batch with the data module, forward, backward, the run's own
+  optimiser and warm-up from the same initial weights, channels_last and the deterministic flag as the run
+  has them: the weights a loop reaches change the warps and so the sampler's cost). The two are interleaved,
+  one of each per round, over ``--rounds`` rounds; the table gives the median img/s of each, the median of
+  the per-round ratios and their spread (min - max), because two single measurements on a 2-core machine
+  can differ by 30 %;
 * MFLOP per image (forward + backward, torch's FlopCounterMode) and the share of a matmul peak measured
   in the same process (fp32 2048x2048 ``torch.mm``);
 * ``--variants``: the plain loop with channels_last, a fused Adam and both, against the plain loop.
@@ -96,12 +98,13 @@ def loss_of(model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor)
 
 
 def plain_loop(model: torch.nn.Module, batch: Callable[[int], tuple], steps: int, channels_last: bool = False,
-               fused: bool = False) -> float:
-    """img/s of render + forward + backward + Adam step, after 3 warm-up steps."""
+               fused: bool = False, optimizer=None, scheduler=None) -> float:
+    """img/s of render + forward + backward + optimiser step (Adam at 1e-4 unless given one, and its per-step
+    scheduler), after 3 warm-up steps."""
     model = model.to(DEVICE)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=fused or None)
+    optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=1e-4, fused=fused or None)
     images_per_step = 0
 
     def step(number: int) -> None:
@@ -112,6 +115,8 @@ def plain_loop(model: torch.nn.Module, batch: Callable[[int], tuple], steps: int
         optimizer.zero_grad(set_to_none=True)
         loss_of(model, images, targets).backward()
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         images_per_step = len(images)
 
     for number in range(3):
@@ -146,6 +151,7 @@ def framework_loop(cfg, steps: int) -> float:
     from stnbench.callbacks import DivergenceGuard, SafeStops
 
     datamodule = build_datamodule(cfg.data)
+    torch.manual_seed(0)  # the plain loop's initial weights
     module = build_module(cfg, datamodule)
     timer = BatchTimer()
     callback = type("Timer", (L.Callback,), {"on_train_batch_start": timer.on_train_batch_start})()
@@ -189,14 +195,28 @@ def bench(pair: str, batch_size: int, steps: int, cache_dir: str, peak: float, r
         torch.manual_seed(0)
         return plain_loop(build_model(cfg.model, datamodule), batch, steps, **options)
 
+    def plain_as_run() -> float:
+        """The plain loop with everything a step computes set as the run sets it: the same initial weights,
+        optimiser groups, learning rates and warm-up (the weights it reaches change the warps, and with them
+        the sampler's cost), channels_last, and the trainer's deterministic-algorithms flag."""
+        torch.manual_seed(0)
+        module = build_module(cfg, datamodule)
+        optimizer, scheduler = module.make_optimizer(steps + 4)  # the framework loop's length
+        deterministic = cfg.trainer.get("deterministic")
+        torch.use_deterministic_algorithms(bool(deterministic), warn_only=deterministic == "warn")
+        try:
+            return plain_loop(module.model, batch, steps, channels_last=module.channels_last, optimizer=optimizer,
+                              scheduler=scheduler)
+        finally:
+            torch.use_deterministic_algorithms(False)
+
     torch.manual_seed(0)
     flops = flops_per_image(build_model(cfg.model, datamodule).to(DEVICE), *batch(0))
     row = {"model": pair.partition(":")[0], "data": cfg.data.name, "MFLOP/img": flops / 1e6}
     # like with like: the plain loop with the framework's own settings, one of each per round
-    same = {"channels_last": bool(cfg.get("channels_last")), "fused": bool(cfg.optimizer.get("fused"))}
     plains, frameworks = [], []
     for _ in range(rounds):
-        plains.append(plain(**same))
+        plains.append(plain_as_run())
         frameworks.append(framework_loop(cfg.copy(), steps))
     ratios = [f / p for f, p in zip(frameworks, plains, strict=True)]
     row["plain img/s"], row["framework img/s"] = statistics.median(plains), statistics.median(frameworks)

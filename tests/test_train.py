@@ -202,3 +202,27 @@ def test_the_data_root_gets_nothing_unless_a_download_brings_the_files(tmp_path,
         FakeMNIST.online = False
     raw = tmp_path / "absent" / "MNIST" / "raw"
     assert sorted(p.name for p in raw.iterdir()) == sorted(RAW_FILES)
+
+
+def test_the_epoch_loss_is_the_mean_of_its_steps_and_steps_log_only_when_the_logger_writes(tmp_path, cache_dir):
+    """The training loss's epoch mean is a metric of the module's own (Lightning's per-call logging cost 4 % of a
+    step); it must still be the mean over every step of the epoch, and on-step values reach the logger every
+    ``log_every_n_steps`` steps, as Lightning's own on-step logging does."""
+    common = TINY + ["data=mnist", "model=cnn", "logger=csv", "trainer.limit_train_batches=6", "data.batch_size=32",
+                     "test_after_fit=false"]
+    every = compose_config(common + ["trainer.max_epochs=2", "trainer.log_every_n_steps=1"], run_dir=tmp_path / "every",
+                           cache=cache_dir)
+    train(every)
+    metrics = pd.read_csv(tmp_path / "every" / "csv" / "metrics.csv")
+    steps = metrics.dropna(subset=["train/loss_step"])
+    epochs = metrics.dropna(subset=["train/loss_epoch"])
+    assert len(steps) == 12 and len(epochs) == 2
+    for epoch in (0, 1):
+        losses = steps[steps["epoch"] == epoch]["train/loss_step"]
+        assert len(losses) == 6
+        assert epochs["train/loss_epoch"].iloc[epoch] == pytest.approx(losses.mean(), rel=1e-5)
+    sparse = compose_config(common + ["trainer.max_epochs=1", "trainer.log_every_n_steps=3"],
+                            run_dir=tmp_path / "sparse", cache=cache_dir)
+    train(sparse)
+    logged = pd.read_csv(tmp_path / "sparse" / "csv" / "metrics.csv").dropna(subset=["train/loss_step"])
+    assert logged["step"].tolist() == [2, 5]

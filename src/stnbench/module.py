@@ -90,6 +90,7 @@ class STNBenchModule(L.LightningModule):
                 "digit_acc": MulticlassAccuracy(num_classes=num_classes, average="micro", ignore_index=PAD),
                 "seq_err": MeanMetric(),
                 "count_err": MeanMetric(),  # data with an end class only
+                "loss": MeanMetric(nan_strategy="disable"),  # the training loss's epoch mean; NaN stays NaN
             }) for split in SPLITS
         })
         self.val_err_best = MinMetric()
@@ -128,11 +129,18 @@ class STNBenchModule(L.LightningModule):
         metrics["seq_err"].update(scores.sequence_wrong)
         if scores.count_wrong is not None:
             metrics["count_err"].update(scores.count_wrong)
-        on_step = split == "train"
-        self.log(f"{split}/loss", loss.detach(), on_step=on_step, on_epoch=True, prog_bar=on_step,
-                 batch_size=len(targets), add_dataloader_idx=False)  # two test sets: each split names its own
-        if output.thetas is not None and split == "train" and self._logged_step():
-            self._log_transform_stats(output)
+        if split != "train":
+            self.log(f"{split}/loss", loss.detach(), on_step=False, on_epoch=True, batch_size=len(targets),
+                     add_dataloader_idx=False)  # two test sets: each split names its own
+            return loss
+        # Training: every self.log call costs Lightning ~2 ms of bookkeeping on this CPU (scripts/bench_train.py,
+        # docs/performance.md), 4 % of a 45 ms ST-CNN step; so the epoch mean is a metric of our own, logged at
+        # the epoch's end, and the on-step value is logged on the steps that reach the logger only.
+        metrics["loss"].update(loss.detach(), len(targets))
+        if self._logged_step():
+            self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
+            if output.thetas is not None:
+                self._log_transform_stats(output)
         return loss
 
     def _logged_step(self) -> bool:
@@ -153,6 +161,10 @@ class STNBenchModule(L.LightningModule):
         digit_err = 100.0 * (1.0 - metrics["digit_acc"].compute())
         seq_err = 100.0 * metrics["seq_err"].compute()
         self.log(f"{split}/err", seq_err, prog_bar=split != "train", sync_dist=False)
+        if split == "train":  # the names Lightning gives a value logged on step and epoch: loss_epoch for the
+            loss = metrics["loss"].compute()  # logger, and train/loss itself for a checkpoint that monitors it
+            self.log("train/loss_epoch", loss, prog_bar=True)
+            self.log("train/loss", loss, logger=False)
         if sequence:
             self.log(f"{split}/digit_err", digit_err)
         if self._end_class() is not None:
@@ -252,6 +264,16 @@ class STNBenchModule(L.LightningModule):
 
     # ---- optimisation ---------------------------------------------------------------------------------
     def configure_optimizers(self):
+        if self.scheduler_factory is None:
+            return self.make_optimizer(0)[0]
+        total = self.trainer.estimated_stepping_batches
+        optimizer, scheduler = self.make_optimizer(int(total) if math.isfinite(total) else 100_000)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def make_optimizer(self, total_steps: int):
+        """The run's optimiser (the localisation net in a group of its own, at ``loc_lr_multiplier`` times the
+        rate) and its per-step scheduler over ``total_steps`` (None without one); scripts/bench_train.py's plain
+        loop uses the same."""
         loc_params = list(getattr(self.model, "localisation_parameters", list)())
         loc_ids = {id(p) for p in loc_params}
         other = [p for p in self.model.parameters() if id(p) not in loc_ids]
@@ -260,8 +282,5 @@ class STNBenchModule(L.LightningModule):
             multiplier = float(getattr(self.model, "loc_lr_multiplier", 1.0))
             optimizer.add_param_group({"params": loc_params, "lr": optimizer.defaults["lr"] * multiplier})
         if self.scheduler_factory is None:
-            return optimizer
-        total = self.trainer.estimated_stepping_batches
-        total = int(total) if math.isfinite(total) else 100_000
-        scheduler = self.scheduler_factory(optimizer, total_steps=total)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+            return optimizer, None
+        return optimizer, self.scheduler_factory(optimizer, total_steps=total_steps)
