@@ -31,10 +31,19 @@ def _same(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+class RecordTestWeights(Callback):
+    weights: dict = {}
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        RecordTestWeights.weights = {k: v.clone() for k, v in pl_module.state_dict().items()}
+
+
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory, cache_dir):
     run_dir = tmp_path_factory.mktemp("ema")
-    results = train(compose_config(TINY, run_dir=run_dir, cache=cache_dir))
+    with pytest.MonkeyPatch.context() as patch:
+        add_callbacks(patch, RecordTestWeights())
+        results = train(compose_config(TINY, run_dir=run_dir, cache=cache_dir))
     return run_dir, results
 
 
@@ -46,8 +55,10 @@ def test_checkpoints_and_the_test_use_the_averaged_weights(straight):
     averaged, current = _state(last_checkpoint(run_dir))
     assert not _same(averaged, current)  # the average is not the last weights
     best, _ = _state(best_checkpoint(run_dir))
-    loaded = load_model(best_checkpoint(run_dir)).state_dict()  # what eval, predict and the test load
+    loaded = load_model(best_checkpoint(run_dir)).state_dict()  # what eval and predict load
     assert all(torch.equal(loaded[k], best[f"model.{k}"]) for k in loaded)
+    tested = {k: v for k, v in RecordTestWeights.weights.items() if k in best}  # the run's own test after fit
+    assert tested.keys() == best.keys() and _same(tested, best)  # Lightning's own callback tested the raw weights
 
 
 def test_a_resumed_ema_run_ends_exactly_like_an_uninterrupted_one(straight, tmp_path, cache_dir, monkeypatch):

@@ -1,4 +1,5 @@
-"""Small Lightning callbacks of stnbench's own: the epoch log line, divergence, safe stops, the fit clock."""
+"""Small Lightning callbacks of stnbench's own: the epoch log line, divergence, safe stops, the fit clock, and two
+of Lightning's with a fix (early stopping on resume, EMA's test weights)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import EarlyStopping as LightningEarlyStopping
+from lightning.pytorch.callbacks import EMAWeightAveraging as LightningEMAWeightAveraging
 from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.trainer.states import TrainerFn
 
 from stnbench.config_checks import check_checkpoint_minutes, check_divergence
 from stnbench.errors import Diverged, RunInterrupted
@@ -86,6 +89,21 @@ class EarlyStopping(LightningEarlyStopping):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not replaying_epoch_end(trainer):
             super().on_validation_end(trainer, pl_module)
+
+
+class EMAWeightAveraging(LightningEMAWeightAveraging):
+    """Lightning's EMA of the weights, whose test after fit scores the average.
+
+    A checkpoint holds the average in ``state_dict`` and the raw weights in ``current_model_state``; Lightning's
+    ``on_load_checkpoint`` reloads the raw weights whenever its averaged model exists, which it still does in the
+    trainer that fitted, so ``trainer.test(ckpt_path="best")`` after fit scored the raw weights of the best epoch,
+    not the average that epoch was validated and chosen on. Outside fitting the loaded ``state_dict`` (the average)
+    is kept; a resumed fit restores both exactly, as Lightning does."""
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        if trainer.state.fn != TrainerFn.FITTING:
+            return
+        super().on_load_checkpoint(trainer, pl_module, checkpoint)
 
 
 class DivergenceGuard(L.Callback):
