@@ -349,3 +349,23 @@ def test_identity_of_a_config_keeps_what_is_computed(finished_run):
     assert kept["trainer"]["devices"] == 1 and "accelerator" not in kept["trainer"] and "paths" not in kept
     assert json.loads((run_dir / "results.json").read_text())["config"] == kept
     assert best_checkpoint(run_dir).is_file() and not (run_dir / ".lock").exists()
+
+
+def test_a_callback_only_one_run_has_is_a_difference_also_when_a_group_option_added_it():
+    """callbacks/weight_averaging=ema is a group option, so its keys are not "set by value" on the command line;
+    the averaged run still computes another test number, and the report must not merge it with the plain run."""
+    from stnbench.identity import set_keys
+
+    checkpoint = {"_target_": "lightning.pytorch.callbacks.ModelCheckpoint", "monitor": "val/err", "mode": "min"}
+    plain = {"seed": 1, "callbacks": {"model_checkpoint": checkpoint}}
+    averaged = {"seed": 2, "callbacks": {"model_checkpoint": checkpoint,
+                                         "weight_averaging": {"_target_": "stnbench.callbacks.EMAWeightAveraging",
+                                                              "decay": 0.999}}}
+    command = set_keys(["callbacks/weight_averaging=ema", "seed=2"], ["callbacks/weight_averaging", "model"])
+    assert "callbacks.weight_averaging.decay" not in command  # the case: a group option, not a value
+    shown = differences(Run(plain, frozenset()), Run(averaged, command), across_seeds=True)
+    assert shown == ["callbacks.weight_averaging._target_: '<absent>' -> 'stnbench.callbacks.EMAWeightAveraging'",
+                     "callbacks.weight_averaging.decay: '<absent>' -> 0.999"]
+    # a key a newer stnbench gave a callback both runs have stays no difference (the older code's behaviour)
+    newer = {"seed": 1, "callbacks": {"model_checkpoint": {**checkpoint, "save_on_exception": False}}}
+    assert differences(Run(plain, frozenset()), Run(newer, frozenset())) == []

@@ -19,7 +19,8 @@ compared as if it held the value that reproduces the older code. Any other such 
 when the other run has it at its default, that is, when neither command line set it: the shipped default
 then stands for the behaviour of the code before the key existed. A key that either command
 line set (``+trainer.foo=1``, or ``callbacks.model_checkpoint=null``, which removes keys) and that only one
-side has is a difference; so is any such key when a run's command line is not known.
+side has is a difference; so is any such key when a run's command line is not known, and so is a whole callback
+that only one run has (``callbacks/weight_averaging=ema``: the test scores other weights).
 """
 
 from __future__ import annotations
@@ -188,9 +189,21 @@ def differences(old: Run, new: Run, *, across_seeds: bool = False) -> list[str]:
         if key in a and key in b:
             if a[key] != b[key] and not _legacy(a[key]):
                 shown.append(f"{key}: {a[key]!r} -> {b[key]!r}")
-        elif _was_set(key, old.set_keys) or _was_set(key, new.set_keys):  # e.g. callbacks.x=null removes x
+        elif (_was_set(key, old.set_keys) or _was_set(key, new.set_keys)  # e.g. callbacks.x=null removes x
+              or _whole_callback(key, b if key in a else a)):
             shown.append(f"{key}: {a.get(key, ABSENT)!r} -> {b.get(key, ABSENT)!r}")
     return shown
+
+
+def _whole_callback(key: str, other: Mapping[str, Any]) -> bool:
+    """A key of a callback the other run has no entry of at all: a callback one run has and the other lacks
+    (``callbacks/weight_averaging=ema``, a group option, which ``set_keys`` does not count), not a key a newer
+    stnbench added to a callback both have."""
+    parts = key.split(".")
+    if parts[0] != "callbacks" or len(parts) < 2:
+        return False
+    entry = f"callbacks.{parts[1]}"
+    return not any(k == entry or k.startswith(entry + ".") for k in other)
 
 
 def _legacy(value: Any) -> bool:
