@@ -90,8 +90,7 @@ class STNBenchModule(L.LightningModule):
                 "digit_acc": MulticlassAccuracy(num_classes=num_classes, average="micro", ignore_index=PAD),
                 "seq_err": MeanMetric(),
                 "count_err": MeanMetric(),  # data with an end class only
-                # the training loss's epoch mean (NaN stays NaN); the other splits log theirs per batch
-                **({"loss": MeanMetric(nan_strategy="disable")} if split == "train" else {}),
+                "loss": MeanMetric(nan_strategy="disable"),  # the training loss's epoch mean; NaN stays NaN
             }) for split in SPLITS
         })
         self.val_err_best = MinMetric()
