@@ -144,6 +144,7 @@ def test_variable_length_scores_count_the_sequence_the_digits_present_and_the_co
     scores = score(logits_of(said), targets, END_CLASS)
     assert scores.sequence_wrong.tolist() == [0, 1, 1, 1, 1, 1]
     assert scores.count_wrong.tolist() == [0, 0, 1, 1, 1, 1]
+    assert scores.unordered_wrong.tolist() == [0, 1, 1, 1, 1, 1], "in any order, none of the wrong ones is right"
     digit_targets = scores.digit_targets
     assert (digit_targets[:, 2:] == PAD).all() and (digit_targets[:, :2] == torch.tensor([3, 1])).all()
     present = digit_targets != PAD
@@ -153,10 +154,24 @@ def test_variable_length_scores_count_the_sequence_the_digits_present_and_the_co
                                                                            [3, 1, 4, 4, 4], []]
 
 
+def test_the_error_in_any_order_forgives_the_order_only():
+    targets = torch.tensor([[3, 1, 1, 10]] * 6)
+    said = [[1, 3, 1, 10],  # the same digits in another order: right in any order, wrong as a sequence
+            [1, 1, 3, 10],
+            [3, 1, 1, 10],  # right both ways
+            [3, 3, 1, 10],  # the same digits with other multiplicities: wrong both ways
+            [1, 3, 10, 1],  # one of the ones after the end class: the count wrong, wrong both ways
+            [1, 1, 3, 1]]   # never ends
+    scores = score(logits_of(said), targets, END_CLASS)
+    assert scores.sequence_wrong.tolist() == [1, 1, 0, 1, 1, 1]
+    assert scores.unordered_wrong.tolist() == [0, 0, 0, 1, 1, 1]
+    assert scores.digit_targets[0].tolist() == [3, 1, 1, PAD], "digit error stays position by position"
+
+
 def test_fixed_length_and_single_label_scores_are_what_they_were():
     targets = torch.tensor([[1, 2, 3], [4, 5, 6]])
     scores = score(logits_of([[1, 2, 3], [4, 0, 6]], 10), targets)
-    assert scores.sequence_wrong.tolist() == [0, 1] and scores.count_wrong is None
+    assert scores.sequence_wrong.tolist() == [0, 1] and scores.count_wrong is None and scores.unordered_wrong is None
     assert torch.equal(scores.digit_targets, targets)
     single = score(logits_of([7, 2], 10), torch.tensor([7, 3]))
     assert single.sequence_wrong.tolist() == [0, 1]
@@ -166,8 +181,8 @@ def test_the_module_logs_sequence_digit_and_count_errors_of_variable_length_data
     from stnbench.models.output import ModelOutput
     from stnbench.module import STNBenchModule
 
-    targets = torch.tensor([[3, 1, 10, PAD], [5, 10, PAD, PAD], [2, 2, 2, 10], [7, 10, PAD, PAD]])
-    said = logits_of([[3, 1, 10, 0], [5, 5, 10, 0], [2, 2, 2, 10], [7, 3, 3, 3]])
+    targets = torch.tensor([[3, 1, 10, PAD], [5, 10, PAD, PAD], [2, 2, 2, 10], [7, 10, PAD, PAD], [4, 6, 10, PAD]])
+    said = logits_of([[3, 1, 10, 0], [5, 5, 10, 0], [2, 2, 2, 10], [7, 3, 3, 3], [6, 4, 10, 0]])
 
     class Says(torch.nn.Module):
         def forward(self, images):
@@ -178,11 +193,12 @@ def test_the_module_logs_sequence_digit_and_count_errors_of_variable_length_data
     logged = {}
     module.log = lambda name, value, **kwargs: logged.__setitem__(name, float(value))
     module._trainer = None
-    module._step((torch.zeros(4, 1, 8, 8), targets), "val")
+    module._step((torch.zeros(5, 1, 8, 8), targets), "val")
     module._log_errors("val", True)
-    assert logged["val/err"] == pytest.approx(50.0), "images 2 (a digit too many) and 4 (never ends) are wrong"
-    assert logged["val/count_err"] == pytest.approx(50.0)
-    assert logged["val/digit_err"] == 0.0, "every digit present is right (7 digits)"
+    assert logged["val/err"] == pytest.approx(60.0), "images 2 (a digit too many), 4 (never ends), 5 (swapped)"
+    assert logged["val/count_err"] == pytest.approx(40.0)
+    assert logged["val/unordered_err"] == pytest.approx(40.0), "the swapped image is right in any order"
+    assert logged["val/digit_err"] == pytest.approx(200 / 9), "2 of the 9 digits present are wrong (swapped)"
 
 
 # ---- models: more steps at test than in training ------------------------------------------------------------------
@@ -262,14 +278,16 @@ def test_a_tiny_run_reports_the_variable_length_metrics_on_both_test_sets(tmp_pa
     assert results["status"] == "finished" and results["global_step"] == 3
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     for split in ("test", TRAIN_COUNTS_TEST):
-        for metric in ("err", "digit_err", "count_err"):
+        for metric in ("err", "digit_err", "count_err", "unordered_err"):
             assert 0 <= saved[f"{split}/{metric}"] <= 100, f"{split}/{metric}"
+        assert saved[f"{split}/unordered_err"] <= saved[f"{split}/err"], "right in order is right in any order"
     assert saved["test_images"] == 100
     logged = (tmp_path / "run" / "csv").rglob("metrics.csv")
     assert "val/count_err" in next(logged).read_text().splitlines()[0]
     # the report shows them, and an old checkpoint's model is read on another test count by stnbench-eval
     table = display_table(report(tmp_path, plots=False)["table"])
-    assert {"count err %", "test err % at training counts", "count err % at training counts"} <= set(table.columns)
+    assert {"count err %", "err % in any order", "test err % at training counts", "count err % at training counts",
+            "err % in any order at training counts"} <= set(table.columns)
     best = tmp_path / "run" / "checkpoints" / "best.ckpt"
     evaluated = evaluate(compose_config([f"ckpt_path={best}", "test_num_digits=[2,2]", "trainer.limit_test_batches=1",
                                          "picture=false"], config_name="eval", run_dir=tmp_path / "eval",

@@ -90,6 +90,7 @@ class STNBenchModule(L.LightningModule):
                 "digit_acc": MulticlassAccuracy(num_classes=num_classes, average="micro", ignore_index=PAD),
                 "seq_err": MeanMetric(),
                 "count_err": MeanMetric(),  # data with an end class only
+                "unordered_err": MeanMetric(),  # data with an end class only
                 "loss": MeanMetric(nan_strategy="disable"),  # the training loss's epoch mean; NaN stays NaN
             }) for split in SPLITS
         })
@@ -129,6 +130,7 @@ class STNBenchModule(L.LightningModule):
         metrics["seq_err"].update(scores.sequence_wrong)
         if scores.count_wrong is not None:
             metrics["count_err"].update(scores.count_wrong)
+            metrics["unordered_err"].update(scores.unordered_wrong)
         if split != "train":
             self.log(f"{split}/loss", loss.detach(), on_step=False, on_epoch=True, batch_size=len(targets),
                      add_dataloader_idx=False)  # two test sets: each split names its own
@@ -169,6 +171,7 @@ class STNBenchModule(L.LightningModule):
             self.log(f"{split}/digit_err", digit_err)
         if self._end_class() is not None:
             self.log(f"{split}/count_err", 100.0 * metrics["count_err"].compute())
+            self.log(f"{split}/unordered_err", 100.0 * metrics["unordered_err"].compute())
         for metric in metrics.values():
             metric.reset()
         return float(seq_err)

@@ -39,12 +39,16 @@ from stnbench.run_folder import is_training
 log = logging.getLogger("stnbench")
 # Data with an end class (sequences of variable length): the count error, and where the test images hold other
 # digit counts than the training ones, the errors on test digits at the training counts (stnbench.metrics).
-VARIABLE_LENGTH = {"count_err": "test/count_err", "train_counts_err": "test_train_counts/err",
+VARIABLE_LENGTH = {"count_err": "test/count_err", "unordered_err": "test/unordered_err",
+                   "train_counts_err": "test_train_counts/err",
                    "train_counts_digit_err": "test_train_counts/digit_err",
-                   "train_counts_count_err": "test_train_counts/count_err"}
-VARIABLE_LENGTH_SHOWN = {"count_err": "count err %", "train_counts_err": "test err % at training counts",
+                   "train_counts_count_err": "test_train_counts/count_err",
+                   "train_counts_unordered_err": "test_train_counts/unordered_err"}
+VARIABLE_LENGTH_SHOWN = {"count_err": "count err %", "unordered_err": "err % in any order",
+                         "train_counts_err": "test err % at training counts",
                          "train_counts_digit_err": "digit err % at training counts",
-                         "train_counts_count_err": "count err % at training counts"}
+                         "train_counts_count_err": "count err % at training counts",
+                         "train_counts_unordered_err": "err % in any order at training counts"}
 COLUMNS = ["data", "model", "configuration", "runs", "seeds", "repeats", "test_err_mean", "test_err_std",
            "digit_err_mean", "digit_err_std",
            *[f"{name}_{stat}" for name in VARIABLE_LENGTH for stat in ("mean", "std")], "val_err_best_mean",
