@@ -18,10 +18,10 @@ from stnbench.data.scattered import ScatteredDigits
 
 
 def nearest_neighbour_gap(left: torch.Tensor) -> torch.Tensor:
-    """[B] the smallest x distance between digits next in reading order (a large number for a single digit)."""
+    """[B] the smallest x distance between digits next in reading order, from ``left`` [B, N >= 2] (a large
+    number for an image of one digit)."""
     both = (left[:, 1:] >= 0) & (left[:, :-1] >= 0)
-    gaps = torch.where(both, left[:, 1:] - left[:, :-1], torch.full_like(left[:, 1:], 10**6))
-    return gaps.min(1).values if gaps.shape[1] else torch.full(left.shape[:1], 10**6)
+    return torch.where(both, left[:, 1:] - left[:, :-1], torch.full_like(left[:, 1:], 10**6)).min(1).values
 
 
 def main() -> None:
